@@ -1,0 +1,3 @@
+from vqct.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The `vqct` command line."""

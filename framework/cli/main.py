@@ -1,0 +1,78 @@
+"""`vqct` entry point: parse, dispatch, and turn user errors into one line + exit code 2.
+
+Commands that produce figures print them as one JSON object on the last stdout line;
+progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from vqct.errors import TrainingFailed, UserError
+
+
+def _cmd_data_shapes(args: argparse.Namespace) -> dict:
+    from vqct.data.shapes import write_shapes
+
+    for name in ("num_samples", "samples_per_shard", "image_size"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive number")
+    if not 0 <= args.val_fraction < 1:
+        raise UserError("--val-fraction must be in [0, 1)")
+    return write_shapes(args.out, args.num_samples, args.samples_per_shard, args.image_size,
+                        args.seed, args.val_fraction)
+
+
+def _cmd_train(args: argparse.Namespace) -> dict:
+    from vqct.config import load_recipe
+    from vqct.launch.ray_driver import train
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    return train(cfg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vqct", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a recipe (Ray Train + DeepSpeed, MLflow tracking)")
+    train.add_argument("recipe", help="recipe name in recipes/ or path to a recipe YAML")
+    train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.max_steps=100")
+    train.set_defaults(func=_cmd_train)
+
+    data = sub.add_parser("data", help="make datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    shapes = data_sub.add_parser("shapes", help="write synthetic image-caption shards")
+    shapes.add_argument("--out", required=True, help="output directory (train/ and val/ inside)")
+    shapes.add_argument("--num-samples", type=int, default=4096)
+    shapes.add_argument("--samples-per-shard", type=int, default=256)
+    shapes.add_argument("--image-size", type=int, default=32)
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--val-fraction", type=float, default=0.1, help="held-out share")
+    shapes.set_defaults(func=_cmd_data_shapes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except UserError as err:
+        print(f"vqct: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except TrainingFailed as err:
+        print(f"vqct: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("vqct: interrupted", file=sys.stderr)
+        return 130
+    if result is not None:
+        sys.stdout.flush()
+        print(json.dumps(result, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: reconstruction quality and codebook statistics."""

@@ -1,0 +1,1 @@
+"""Driver side of training: Ray connection, run naming and resumption, TorchTrainer."""

@@ -1,0 +1,115 @@
+"""`vqct train` on the driver: check inputs, open the MLflow run, run Ray Train workers,
+and return the run's figures.
+
+Everything that can be wrong with the user's input is checked here, before any worker
+starts: shards, reader counts, the Ray address, the run to resume.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from vqct.config.compose import config_hash
+from vqct.errors import TrainingFailed
+from vqct.data.shards import check_reader_count, resolve_shards
+from vqct.launch.ray_connect import connect
+from vqct.launch.runs import choose_run, write_run
+from vqct.tracking.mlflow_run import absolute_uri, close_run, log_config_copy, open_run, worker_env
+
+
+def _worker_env(cfg: dict) -> dict[str, str]:
+    env = {
+        "OMP_NUM_THREADS": str(cfg["trainer"]["cpus_per_worker"]),
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+    }
+    if not cfg["trainer"]["use_gpu"]:
+        env["DS_ACCELERATOR"] = "cpu"  # no GPU probing (and its warning) on CPU workers
+    env.update(worker_env())
+    return env
+
+
+def _trainer(cfg: dict, loop_config: dict, run_name: str, storage: Path):
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from vqct.train.loop import train_loop_per_worker
+
+    t = cfg["trainer"]
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=t["num_workers"], use_gpu=t["use_gpu"],
+                                     resources_per_worker={"CPU": t["cpus_per_worker"]}),
+        torch_config=TorchConfig(backend="nccl" if t["use_gpu"] else "gloo"),
+        run_config=RunConfig(name=run_name, storage_path=str(storage),
+                             checkpoint_config=CheckpointConfig(num_to_keep=t["keep_checkpoints"])),
+    )
+
+
+def train(cfg: dict) -> dict:
+    t, d = cfg["trainer"], cfg["data"]
+    train_urls = resolve_shards(d["train_shards"], "data.train_shards")
+    check_reader_count(train_urls, t["num_workers"], d["num_workers"], "data.train_shards")
+    val_urls = resolve_shards(d["val_shards"] or d["train_shards"], "data.val_shards")
+    check_reader_count(val_urls, t["num_workers"], d["num_workers"], "data.val_shards")
+    cfg["tracking"]["uri"] = absolute_uri(cfg["tracking"]["uri"])
+    storage = Path(t["storage_path"]).expanduser().resolve()
+    run_name, previous = choose_run(storage, cfg["recipe"], t["run_name"], t["resume"])
+
+    started_local = connect(t["num_workers"] * t["cpus_per_worker"], _worker_env(cfg))
+    try:
+        return _fit(cfg, train_urls, val_urls, storage, run_name, previous)
+    finally:
+        if started_local:
+            import ray
+
+            ray.shutdown()
+
+
+def _worker_errors(exc: BaseException) -> str:
+    """The workers' own exceptions, one line each, instead of Ray's truncated tracebacks."""
+    failures = getattr(exc, "worker_failures", None)
+    if not failures:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return "; ".join(f"rank {rank}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                     for rank, err in sorted(failures.items()))
+
+
+def _fit(cfg: dict, train_urls, val_urls, storage: Path, run_name: str, previous: dict | None) -> dict:
+    uri = cfg["tracking"]["uri"]
+    run_id = open_run(cfg, run_name, previous["mlflow_run_id"] if previous else None)
+    if previous:
+        log_config_copy(uri, run_id, cfg, f"resolved_resume_to_step{cfg['trainer']['max_steps']}.yaml")
+    write_run(storage / run_name, {"mlflow_run_id": run_id, "recipe": cfg["recipe"],
+                                   "config_hash": config_hash(cfg), "tracking_uri": uri})
+    print(f"run {run_name}: MLflow run {run_id} at {uri}", file=sys.stderr)
+    loop_config = {"cfg": cfg, "mlflow_run_id": run_id, "train_urls": train_urls, "val_urls": val_urls}
+    try:
+        result = _trainer(cfg, loop_config, run_name, storage).fit()
+    except BaseException as exc:
+        close_run(uri, run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise TrainingFailed(f"training run {run_name} failed: {_worker_errors(exc)}; "
+                             f"resume with trainer.resume=true trainer.run_name={run_name}") from exc
+    close_run(uri, run_id, "FINISHED")
+    m = result.metrics or {}
+    return {
+        "run_id": run_id,
+        "run_name": run_name,
+        "recipe": cfg["recipe"],
+        "family": cfg["family"],
+        "steps": m.get("step"),
+        "psnr": m.get("psnr"),
+        "ssim": m.get("ssim"),
+        "codebook_usage": m.get("codebook_usage"),
+        "perplexity": m.get("perplexity"),
+        "images_per_s": m.get("images_per_s"),
+        "rec_l1": m.get("rec_l1"),
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "tracking_uri": uri,
+    }

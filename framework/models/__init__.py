@@ -1,0 +1,1 @@
+"""Image models: the VQGAN encoder/decoder, the PatchGAN discriminator, their losses."""

@@ -1,0 +1,107 @@
+"""Driver side: create or reopen the MLflow run of a training run, with params and tags.
+
+The run is opened on the driver so that its id is known before any worker starts, is
+stored beside the Ray Train checkpoints, and is reused when the run resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from vqct.config.compose import config_hash, flatten, to_yaml
+
+_PARAM_MAX = 6000  # MLflow's limit on a param value's length
+
+
+def git_commit() -> str:
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def sqlite_artifact_root(uri: str) -> str | None:
+    """For a sqlite store, artifacts go in `mlartifacts/` beside the database file."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db_path = Path(uri[len("sqlite:///"):])  # "mlflow.db" or "/abs/mlflow.db" (sqlite:////abs)
+    return (db_path.resolve().parent / "mlartifacts").as_uri()
+
+
+def absolute_uri(uri: str) -> str:
+    """Relative sqlite paths are resolved on the driver, so workers write to the same file."""
+    if uri.startswith("sqlite:///"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    if "://" not in uri:
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
+def _experiment_id(client, name: str, uri: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=sqlite_artifact_root(uri))
+
+
+def open_run(cfg: dict, run_name: str, resume_run_id: str | None = None) -> str:
+    """Create the MLflow run (or reopen RESUME_RUN_ID); returns its id."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = cfg["tracking"]["uri"]
+    client = MlflowClient(tracking_uri=uri)
+    if resume_run_id:
+        client.update_run(resume_run_id, status="RUNNING")
+        client.set_tag(resume_run_id, "vqct.resumed", "true")
+        return resume_run_id
+    experiment_id = _experiment_id(client, cfg["tracking"]["experiment"], uri)
+    tags = {
+        "recipe": cfg["recipe"],
+        "family": cfg["family"],
+        "quantizer": cfg["quantizer"]["name"],
+        "git_commit": git_commit(),
+        "config_hash": config_hash(cfg),
+        "vqct.run_name": run_name,
+        "mlflow.runName": run_name,
+    }
+    run = client.create_run(experiment_id, tags=tags, run_name=run_name)
+    run_id = run.info.run_id
+    params = [mlflow.entities.Param(k, str(v)[:_PARAM_MAX]) for k, v in flatten(cfg).items()]
+    for start in range(0, len(params), 100):  # log_batch takes at most 100 params a call
+        client.log_batch(run_id, params=params[start:start + 100])
+    client.log_text(run_id, to_yaml(cfg), "config/resolved.yaml")
+    return run_id
+
+
+def close_run(uri: str, run_id: str, status: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri).set_terminated(run_id, status=status)
+    except Exception as exc:  # tracking must never turn a finished training into a failure
+        print(f"warning: could not mark MLflow run {run_id} {status}: {exc}", file=sys.stderr)
+
+
+def log_config_copy(uri: str, run_id: str, cfg: dict, name: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri).log_text(run_id, to_yaml(cfg), f"config/{name}")
+    except Exception as exc:
+        print(f"warning: could not log {name} to MLflow: {exc}", file=sys.stderr)
+
+
+def worker_env() -> dict:
+    """MLflow settings for workers: fail fast on a dead server instead of retrying for minutes."""
+    return {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"),
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }

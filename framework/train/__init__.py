@@ -1,0 +1,1 @@
+"""The worker side of training: engines, one step, checkpoints, the loop."""

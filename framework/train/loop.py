@@ -1,0 +1,232 @@
+"""The per-worker training loop that Ray Train runs on every rank.
+
+It builds the model and engines, restores the latest checkpoint if there is one, streams
+batches, steps, logs (rank 0), checkpoints, and evaluates at the end. The step itself
+(train/step.py) knows nothing of Ray; this loop is the only place that talks to it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from vqct.data.loader import make_loader
+from vqct.eval.reconstruction import evaluate_reconstruction, to_unit
+from vqct.models.discriminator import PatchDiscriminator
+from vqct.models.losses import build_perceptual
+from vqct.quantize import CodebookUsage, perplexity
+from vqct.tokenizer import build_tokenizer
+from vqct.train.checkpoint import load_checkpoint, save_checkpoint
+from vqct.train.engines import build_engines, compute_dtype
+from vqct.train.step import LossWeights, train_micro_step
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _device(use_gpu: bool) -> torch.device:
+    if use_gpu:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    return torch.device("cpu")
+
+
+def _all_reduce_counts(indices: list[torch.Tensor], size: int, device) -> torch.Tensor:
+    counts = torch.zeros(size, dtype=torch.long, device=device)
+    for idx in indices:
+        counts += torch.bincount(idx.flatten(), minlength=size)
+    if dist.is_initialized():
+        dist.all_reduce(counts)
+    return counts.cpu()
+
+
+class Progress:
+    """Rank 0's progress line on stderr; Ray forwards it to the driver's terminal."""
+
+    def __init__(self, start: int, total: int, every_s: float = 10.0):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=start, desc="train", unit="step", file=sys.stderr,
+                        mininterval=every_s, dynamic_ncols=False, ncols=100)
+
+    def update(self, metrics: dict) -> None:
+        self.bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()
+                              if k in ("loss/rec_l1", "codebook/usage", "perf/images_per_s")}, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class Worker:
+    """State of one rank's training run."""
+
+    def __init__(self, config: dict):
+        import deepspeed
+        import ray.train
+
+        self.cfg = cfg = config["cfg"]
+        self.run_id = config["mlflow_run_id"]
+        self.train_urls, self.val_urls = config["train_urls"], config["val_urls"]
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        _seed_everything(cfg["seed"] + self.rank)
+        torch.set_num_threads(max(1, cfg["trainer"]["cpus_per_worker"]))
+        self.device = _device(cfg["trainer"]["use_gpu"])
+        deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
+        torch.manual_seed(cfg["seed"])  # identical initial weights on every rank
+        self.gen, self.disc = build_engines(
+            build_tokenizer(cfg),
+            PatchDiscriminator(cfg["model"]["in_channels"], cfg["loss"]["disc_channels"], cfg["loss"]["disc_layers"]),
+            cfg,
+        )
+        self.dtype = compute_dtype(cfg)
+        loss = cfg["loss"]
+        self.perceptual = (build_perceptual(loss["lpips_net"], loss["lpips_backbone"]).to(self.device)
+                           if loss["perceptual_weight"] > 0 else None)
+        self.weights = LossWeights.from_cfg(loss)
+        q = cfg["quantizer"]
+        self.usage = CodebookUsage(q["codebook_size"], q["usage_window"])
+        self.step = 0
+        self.images_seen = 0
+        self.train_seconds = 0.0
+        self.logger = None
+        if self.rank == 0:
+            from vqct.tracking.metric_logger import MetricLogger
+
+            self.logger = MetricLogger(cfg["tracking"]["uri"], self.run_id)
+
+    # ---- checkpoints ---------------------------------------------------------------
+    def restore(self) -> None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as directory:
+            state, window = load_checkpoint(Path(directory), self.gen, self.disc)
+        self.step = state["step"]
+        self.images_seen = state.get("images_seen", 0)
+        self.train_seconds = state.get("train_seconds", 0.0)
+        self.usage.restore(window)
+        if self.rank == 0:
+            print(f"resumed from step {self.step} ({checkpoint.path})", file=sys.stderr)
+
+    def save_and_report(self, metrics: dict) -> None:
+        import ray.train
+
+        state = {"step": self.step, "mlflow_run_id": self.run_id, "images_seen": self.images_seen,
+                 "train_seconds": self.train_seconds, "recipe": self.cfg["recipe"]}
+        with tempfile.TemporaryDirectory(prefix="vqct-ckpt-") as tmp:
+            save_checkpoint(Path(tmp), self.gen, self.disc, state, list(self.usage.window), self.rank)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    # ---- steps -----------------------------------------------------------------------
+    def train_step(self, batches) -> dict:
+        t0 = time.perf_counter()
+        indices, sums = [], {}
+        accum = self.cfg["trainer"]["grad_accum"]
+        for _ in range(accum):
+            batch = next(batches)
+            images = batch.images.to(self.device).to(self.dtype)
+            metrics, idx, _ = train_micro_step(self.gen, self.disc, self.perceptual, images, self.step, self.weights)
+            indices.append(idx)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v / accum
+        counts = _all_reduce_counts(indices, self.usage.codebook_size, self.device)
+        self.usage.update(counts)
+        elapsed = time.perf_counter() - t0
+        images = self.world * accum * self.cfg["data"]["batch_size"]
+        self.step += 1
+        if self.step > 1:  # the first step pays for warm-up: leave it out of the throughput
+            self.images_seen += images
+            self.train_seconds += elapsed
+        sums.update({
+            "codebook/usage": self.usage.usage,
+            "codebook/perplexity": perplexity(counts),
+            "perf/step_time_s": elapsed,
+            "perf/images_per_s": images / elapsed,
+            "lr": self.gen.get_lr()[0],
+        })
+        return sums
+
+    def _skipped(self, loader) -> dict:
+        kinds = sorted(loader.skipped)
+        counts = torch.tensor([loader.skipped[k] for k in kinds], dtype=torch.long, device=self.device)
+        if dist.is_initialized():
+            dist.all_reduce(counts)
+        out = {f"data/skipped_{k}": float(n) for k, n in zip(kinds, counts.tolist())}
+        out["data/skipped_total"] = float(counts.sum())
+        return out
+
+    def evaluate(self, val_loader) -> dict:
+        cfg = self.cfg
+        results, first = evaluate_reconstruction(self.gen, iter(val_loader), cfg["data"]["val_batches"],
+                                                  self.device, self.dtype)
+        if self.rank == 0 and first is not None:
+            self._log_grid(*first, name=f"reconstructions/val_step{self.step:07d}.png")
+        return {f"val/{k}": v for k, v in results.items()}
+
+    def _log_grid(self, images: torch.Tensor, recon: torch.Tensor, name: str) -> None:
+        from torchvision.utils import save_image
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(name).name
+            save_image(torch.cat([to_unit(images), to_unit(recon)]), path, nrow=images.shape[0])
+            self.logger.log_artifact(path, str(Path(name).parent))
+
+    def run(self) -> None:
+        cfg, t = self.cfg, self.cfg["trainer"]
+        self.restore()
+        # A resumed run starts a fresh shuffle (epoch seed from the step), not a replay.
+        train_loader = make_loader(self.train_urls, cfg["data"], cfg["seed"], train=True, start_epoch=self.step)
+        val_loader = make_loader(self.val_urls, cfg["data"], cfg["seed"], train=False)
+        batches = iter(train_loader)
+        progress = Progress(self.step, t["max_steps"]) if self.rank == 0 else None
+        metrics: dict = {}
+        while self.step < t["max_steps"]:
+            metrics = self.train_step(batches)
+            last = self.step == t["max_steps"]
+            if self.step % t["image_every"] == 0 or last:
+                metrics.update(self.evaluate(val_loader))
+            log_now = self.step % t["log_every"] == 0 or last or "val/psnr" in metrics
+            if log_now:  # every rank joins the all-reduce of the skip counts
+                metrics.update(self._skipped(train_loader))
+            if self.rank == 0:
+                progress.update(metrics)
+                if log_now:
+                    self.logger.log(metrics, self.step)
+            if self.step % t["checkpoint_every"] == 0 or last:
+                self.save_and_report(self.summary(metrics))
+        if progress:
+            progress.close()
+        if self.logger:
+            self.logger.flush()
+
+    def summary(self, metrics: dict) -> dict:
+        return {
+            "step": self.step,
+            "psnr": metrics.get("val/psnr"),
+            "ssim": metrics.get("val/ssim"),
+            "codebook_usage": self.usage.usage,
+            "perplexity": self.usage.window_perplexity,
+            "images_per_s": self.images_seen / self.train_seconds if self.train_seconds else None,
+            "rec_l1": metrics.get("loss/rec_l1"),
+        }
+
+
+def train_loop_per_worker(config: dict) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    Worker(config).run()

@@ -1,0 +1,89 @@
+"""One VQGAN training micro-step on two DeepSpeed engines: generator, then discriminator.
+
+Knows nothing of Ray or MLflow: takes a batch, returns float metrics and code counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vqct.models.losses import adaptive_weight, conv_weight_grad, generator_adv_loss, hinge_d_loss
+
+
+@dataclass
+class LossWeights:
+    rec: float
+    perceptual: float
+    codebook: float
+    disc: float
+    disc_factor: float
+    disc_start: int
+
+    @classmethod
+    def from_cfg(cls, loss_cfg: dict) -> "LossWeights":
+        return cls(loss_cfg["rec_weight"], loss_cfg["perceptual_weight"], loss_cfg["codebook_weight"],
+                   loss_cfg["disc_weight"], loss_cfg["disc_factor"], loss_cfg["disc_start"])
+
+
+def _weight_shape(param: torch.nn.Parameter) -> torch.Size:
+    return getattr(param, "ds_shape", param.shape)  # ZeRO-3 keeps the full shape in ds_shape
+
+
+def generator_step(gen, disc, perceptual, images: torch.Tensor, step: int, w: LossWeights):
+    """Generator update. The image-space losses are taken on a detached copy of the
+    reconstruction, and their gradient is pushed back through the generator with one
+    surrogate backward: d(surrogate)/d(params) equals d(loss)/d(params) exactly.
+
+    Why: the adaptive GAN weight needs the gradients of two losses at the decoder's last
+    layer. Asking autograd for them through the engine's output would fire DeepSpeed's
+    backward hooks (a ZeRO reduction) before the real backward; on the detached copy it
+    costs nothing extra and every loss is computed once.
+    """
+    out = gen(images)
+    leaf = out.reconstruction.detach().to(images.dtype).requires_grad_(True)
+    x = images.float()
+    rec_loss = (x - leaf.float()).abs().mean()
+    p_loss = perceptual(x, leaf.float()).mean() if perceptual is not None and w.perceptual > 0 else leaf.new_zeros((), dtype=torch.float32)
+    nll = w.rec * rec_loss + w.perceptual * p_loss
+    (grad,) = torch.autograd.grad(nll, leaf)
+    total = nll.detach() + w.codebook * out.quant_loss.detach()
+    metrics = {"loss/rec_l1": rec_loss, "loss/perceptual": p_loss, "loss/codebook": out.quant_loss}
+    if step >= w.disc_start and w.disc_factor > 0:
+        disc.module.requires_grad_(False)  # D's own gradients belong to the D step
+        g_loss = generator_adv_loss(disc.module(leaf).float())
+        (g_grad,) = torch.autograd.grad(g_loss, leaf)
+        disc.module.requires_grad_(True)
+        layer = gen.module.last_layer
+        shape = _weight_shape(layer.weight)
+        layer_in = out.decoder_last_input.detach()
+        d_weight = adaptive_weight(conv_weight_grad(layer_in, grad, layer, shape),
+                                   conv_weight_grad(layer_in, g_grad, layer, shape), w.disc)
+        grad = grad + d_weight * w.disc_factor * g_grad
+        total = total + d_weight * w.disc_factor * g_loss.detach()
+        metrics.update({"loss/g_adv": g_loss, "loss/d_weight": d_weight})
+    surrogate = (out.reconstruction.float() * grad.float()).sum() + w.codebook * out.quant_loss
+    gen.backward(surrogate)
+    gen.step()
+    metrics["loss/total"] = total
+    return out, metrics
+
+
+def discriminator_step(disc, images: torch.Tensor, reconstruction: torch.Tensor, step: int, w: LossWeights) -> dict:
+    if step < w.disc_start or w.disc_factor <= 0:
+        return {}
+    logits_real = disc(images.detach()).float()
+    logits_fake = disc(reconstruction.detach()).float()
+    d_loss = w.disc_factor * hinge_d_loss(logits_real, logits_fake)
+    disc.backward(d_loss)
+    disc.step()
+    return {"loss/disc": d_loss, "disc/logits_real": logits_real.mean(), "disc/logits_fake": logits_fake.mean()}
+
+
+def train_micro_step(gen, disc, perceptual, images: torch.Tensor, step: int, w: LossWeights):
+    """Returns (float metrics, code indices of this micro-batch, reconstruction)."""
+    out, metrics = generator_step(gen, disc, perceptual, images, step, w)
+    metrics.update(discriminator_step(disc, images, out.reconstruction, step, w))
+    floats = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in metrics.items()}
+    return floats, out.indices.detach(), out.reconstruction.detach()
