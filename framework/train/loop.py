@@ -201,7 +201,7 @@ class Worker:
             last = self.step == t["max_steps"]
             if self.step % t["image_every"] == 0 or last:
                 metrics.update(self.evaluate(val_loader))
-            log_now = self.step % t["log_every"] == 0 or last or "val/psnr" in metrics
+            log_now = self.step == 1 or self.step % t["log_every"] == 0 or last or "val/psnr" in metrics
             if log_now:  # every rank joins the all-reduce of the skip counts
                 metrics.update(self._skipped(train_loader))
             if self.rank == 0:

@@ -1,0 +1,33 @@
+"""Shared fixtures. Everything runs offline and on loopback; servers are started by tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Before anything imports ray, mlflow, transformers or deepspeed.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ["RAY_AUTH_MODE"] = "disabled"  # explicit: never depend on an earlier cluster's token
+os.environ.pop("RAY_ADDRESS", None)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def vqct_cmd() -> list[str]:
+    return [sys.executable, "-m", "vqct"]
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    """A small shapes dataset: 240 train samples in 6 shards (5 x 44 + 20) and 60 val in 2."""
+    from vqct.data.shapes import write_shapes
+
+    out = tmp_path_factory.mktemp("shapes")
+    write_shapes(out, num_samples=300, samples_per_shard=44, image_size=32, seed=7, val_fraction=0.2)
+    return out

@@ -1,0 +1,84 @@
+"""Bad input: one line on stderr naming the problem, exit code 2, no traceback, no worker."""
+
+import os
+import socket
+import subprocess
+
+import pytest
+
+from conftest import REPO, vqct_cmd
+
+
+def _run(args, env_extra=None, cwd=REPO):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run(vqct_cmd() + args, capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _assert_user_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert proc.stdout == ""
+
+
+def test_nonexistent_recipe():
+    _assert_user_error(_run(["train", "no_such_recipe"]), "recipe 'no_such_recipe' not found", "vqgan_shapes")
+
+
+def test_unknown_config_key():
+    _assert_user_error(_run(["train", "vqgan_shapes", "data.bogus=1"]), "Key 'bogus' not in 'DataCfg'")
+
+
+def test_wrong_type():
+    _assert_user_error(_run(["train", "vqgan_shapes", "trainer.max_steps=many"]), "trainer.max_steps")
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("data.image_size=30", "not divisible by the downsampling factor"),
+    ("trainer.num_workers=0", "trainer.num_workers=0 must be a positive number"),
+    ("trainer.zero_stage=5", "trainer.zero_stage=5"),
+    ("trainer.precision=fp8", "trainer.precision"),
+])
+def test_invalid_values(override, needle):
+    _assert_user_error(_run(["train", "vqgan_shapes", override]), needle)
+
+
+def test_shard_path_with_no_shards(tmp_path):
+    _assert_user_error(_run(["train", "vqgan_shapes", f"data.train_shards={tmp_path}/empty"]),
+                       "data.train_shards", "no shards found")
+
+
+def test_fewer_shards_than_readers(shapes_dir):
+    shard = shapes_dir / "train" / "shapes-000000.tar"
+    _assert_user_error(_run(["train", "vqgan_shapes", f"data.train_shards={shard}"]),
+                       "1 shards for 2 readers")
+
+
+def test_unreachable_ray_address(shapes_dir, tmp_path):
+    port = _free_port()  # nothing listens there
+    proc = _run(["train", "vqgan_shapes", f"data.train_shards={shapes_dir}/train",
+                 f"data.val_shards={shapes_dir}/val", f"trainer.storage_path={tmp_path}/runs",
+                 f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
+                env_extra={"RAY_ADDRESS": f"127.0.0.1:{port}"})
+    _assert_user_error(proc, f"RAY_ADDRESS=127.0.0.1:{port}", "no Ray cluster answers")
+    assert not (tmp_path / "runs").exists()  # nothing started, nothing written
+
+
+def test_resume_without_a_run(shapes_dir, tmp_path):
+    proc = _run(["train", "vqgan_shapes", f"data.train_shards={shapes_dir}/train",
+                 f"data.val_shards={shapes_dir}/val", f"trainer.storage_path={tmp_path}/runs",
+                 "trainer.resume=true"])
+    _assert_user_error(proc, "trainer.resume=true", "was not found")
+
+
+def test_bad_shapes_arguments(tmp_path):
+    _assert_user_error(_run(["data", "shapes", "--out", str(tmp_path), "--num-samples", "0"]), "--num-samples")

@@ -1,0 +1,177 @@
+"""Shapes shards, shard resolution, decoding, and the streaming loader."""
+
+import hashlib
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from vqct.data.decode import BadSample, decode_image
+from vqct.data.loader import ImageCaptionStream, Loader, make_loader
+from vqct.data.shapes import write_shapes
+from vqct.data.shards import check_reader_count, resolve_shards
+from vqct.errors import UserError
+
+
+def _keys(loader, limit=None):
+    keys = []
+    for i, batch in enumerate(loader):
+        keys.extend(batch.keys)
+        if limit is not None and i + 1 >= limit:
+            break
+    return keys
+
+
+def _set_rank(monkeypatch, rank, world):
+    # webdataset's own splitters read the rank from these (or from torch.distributed).
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+
+
+# ---- shapes ---------------------------------------------------------------------------
+
+def test_shapes_are_deterministic_and_captions_compositional(tmp_path):
+    a = write_shapes(tmp_path / "a", 40, 16, 32, seed=3, val_fraction=0.25)
+    write_shapes(tmp_path / "b", 40, 16, 32, seed=3, val_fraction=0.25)
+    assert (a["train_samples"], a["val_samples"], a["train_shards"], a["val_shards"]) == (30, 10, 2, 1)
+    digest = lambda d: [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*.tar"))]  # noqa: E731
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    samples = list(wds.WebDataset(str(tmp_path / "a/train/shapes-000000.tar"), shardshuffle=False))
+    assert {"jpg", "txt", "json"} <= set(samples[0])
+    for s in samples:
+        caption, meta = s["txt"].decode(), json.loads(s["json"])
+        assert caption == meta["caption"] and caption.startswith("a ")
+        assert len(meta["objects"]) == (1 if meta["relation"] is None else 2)
+        for obj in meta["objects"]:
+            assert f"{obj['size']} {obj['colour']} {obj['shape']}" in caption
+        if meta["relation"]:
+            assert f" {meta['relation']} " in caption
+
+
+# ---- shard resolution -------------------------------------------------------------------
+
+def test_resolve_directory_brace_list_and_remote(shapes_dir):
+    from_dir = resolve_shards(str(shapes_dir / "train"))
+    assert len(from_dir) == 6 and all(Path(u).is_absolute() for u in from_dir)
+    brace = resolve_shards(str(shapes_dir / "train/shapes-{000000..000002}.tar"))
+    assert brace == from_dir[:3]
+    assert resolve_shards([from_dir[0], from_dir[5]]) == [from_dir[0], from_dir[5]]
+    remote = resolve_shards("pipe:curl -s http://host/shards-{0..3}.tar")
+    assert remote == [f"pipe:curl -s http://host/shards-{i}.tar" for i in range(4)]
+
+
+def test_no_shards_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no shards found"):
+        resolve_shards(str(tmp_path / "nothing-here"))
+    with pytest.raises(UserError, match="2 shards for 4 readers"):
+        check_reader_count(["a.tar", "b.tar"], ranks=2, workers_per_rank=2, what="data.train_shards")
+
+
+# ---- decoding -------------------------------------------------------------------------------
+
+def _encode(image, fmt, **kw):
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode,fmt", [("L", "PNG"), ("RGBA", "PNG"), ("CMYK", "JPEG"), ("P", "PNG"),
+                                      ("I;16", "PNG"), ("RGB", "WEBP")])
+def test_decode_converts_every_mode_to_rgb(mode, fmt):
+    if mode == "I;16":
+        image = Image.fromarray(np.full((20, 30), 65535, dtype=np.uint16))
+    else:
+        image = Image.new(mode, (30, 20), color=200 if mode in ("L", "P") else None)
+    out = decode_image(_encode(image, fmt), 16)
+    assert out.shape == (3, 16, 16) and out.dtype == torch.float32
+    assert -1.0 <= out.min() <= out.max() <= 1.0
+    if mode == "I;16":  # full-scale 16-bit white must stay white, not clip to garbage
+        assert out.min() > 0.99
+
+
+def test_decode_rejects_garbage():
+    with pytest.raises(BadSample) as err:
+        decode_image(b"definitely not an image", 16)
+    assert err.value.kind == "bad_image"
+
+
+# ---- the loader -------------------------------------------------------------------------------
+
+def test_exactly_once_per_epoch_over_two_ranks_and_two_workers(shapes_dir, monkeypatch):
+    urls = resolve_shards(str(shapes_dir / "train"))
+    expected = {s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False)}
+    seen = []
+    for rank in range(2):
+        _set_rank(monkeypatch, rank, 2)
+        stream = ImageCaptionStream(urls, image_size=16, seed=1, shuffle_buffer=20, epochs=1)
+        seen.extend(_keys(Loader(stream, batch_size=1, num_workers=2)))
+    assert len(seen) == len(expected) == 240
+    assert Counter(seen) == Counter(expected)  # every sample once, none twice
+
+
+def test_uneven_shards_give_equal_step_counts(shapes_dir, monkeypatch):
+    # 3 shards of 44, 44 and 20 samples over 2 ranks: rank 0 holds 2 shards, rank 1 one.
+    urls = resolve_shards(str(shapes_dir / "train"))
+    small = [urls[0], urls[1], urls[5]]
+    steps = 30  # several epochs for both ranks
+    per_rank = []
+    for rank in range(2):
+        _set_rank(monkeypatch, rank, 2)
+        loader = make_loader(small, {"image_size": 16, "batch_size": 8, "num_workers": 1,
+                                     "shuffle_buffer": 16, "random_crop": False}, seed=0)
+        keys = _keys(loader, limit=steps)
+        per_rank.append(keys)
+    assert [len(k) // 8 for k in per_rank] == [steps, steps]
+    assert len(set(per_rank[0])) < len(per_rank[0])  # the stream went on into later epochs
+
+
+def _write_fault_shard(path: Path, good_jpeg: bytes):
+    with wds.TarWriter(str(path)) as sink:
+        sink.write({"__key__": "good0", "jpg": good_jpeg, "txt": "a red circle"})
+        sink.write({"__key__": "badimage", "jpg": b"\xff\xd8\xff truncated", "txt": "a red circle"})
+        sink.write({"__key__": "nocaption", "jpg": good_jpeg})
+        sink.write({"__key__": "latin1", "jpg": good_jpeg, "txt": "caf\xe9".encode("latin-1")})
+        sink.write({"__key__": "empty", "jpg": good_jpeg, "txt": ""})
+        sink.write({"__key__": "onlyjson", "json": b"{}"})
+        sink.write({"__key__": "good1", "png": _encode(Image.new("RGBA", (40, 40)), "PNG"), "txt": "a square"})
+
+
+def test_corrupt_samples_are_skipped_and_counted(tmp_path):
+    good = _encode(Image.new("RGB", (32, 32), (255, 0, 0)), "JPEG")
+    _write_fault_shard(tmp_path / "faults.tar", good)
+    # A truncated tar: a valid shard cut in the middle of its second member.
+    with wds.TarWriter(str(tmp_path / "cut.tar")) as sink:
+        for i in range(3):
+            sink.write({"__key__": f"cut{i}", "jpg": good, "txt": "a blue diamond"})
+    data = (tmp_path / "cut.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(data[: len(data) // 2])
+
+    stream = ImageCaptionStream([str(tmp_path / "faults.tar"), str(tmp_path / "cut.tar")],
+                                image_size=16, shuffle_buffer=0, epochs=1)
+    loader = Loader(stream, batch_size=1, num_workers=0)
+    keys = _keys(loader)
+    assert {"good0", "good1", "cut0"} <= set(keys)
+    assert not {"badimage", "nocaption", "latin1", "empty", "onlyjson"} & set(keys)
+    skipped = loader.skipped
+    assert skipped["bad_image"] == 1
+    assert skipped["missing_caption"] == 2  # no .txt, and an empty one
+    assert skipped["bad_caption"] == 1
+    assert skipped["missing_image"] == 1
+    assert skipped["tar_error"] >= 1
+
+
+def test_skip_counts_are_totalled_across_reader_processes(tmp_path):
+    good = _encode(Image.new("RGB", (32, 32)), "JPEG")
+    for i in range(2):
+        _write_fault_shard(tmp_path / f"f{i}.tar", good)
+    stream = ImageCaptionStream([str(tmp_path / "f0.tar"), str(tmp_path / "f1.tar")], image_size=16,
+                                shuffle_buffer=0, epochs=1)
+    loader = Loader(stream, batch_size=1, num_workers=2)
+    assert len(_keys(loader)) == 4
+    assert loader.skipped["bad_image"] == 2 and loader.skipped["missing_caption"] == 4

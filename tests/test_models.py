@@ -1,0 +1,102 @@
+"""VQGAN model pieces and losses against hand-computed or autograd references."""
+
+import math
+
+import pytest
+import torch
+
+from vqct.config import load_recipe
+from vqct.errors import UserError
+from vqct.models.discriminator import PatchDiscriminator
+from vqct.models.losses import adaptive_weight, build_perceptual, conv_weight_grad, hinge_d_loss
+from vqct.tokenizer import build_tokenizer
+from vqct.train.engines import deepspeed_config
+from vqct.train.schedule import warmup_cosine
+
+
+def test_tiny_tokenizer_round_trip_shapes():
+    cfg = load_recipe("vqgan_shapes")
+    model = build_tokenizer(cfg)
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    assert out.reconstruction.shape == x.shape
+    assert out.indices.shape == (2, 8, 8)  # f4 at 32 px
+    assert out.indices.max() < cfg["quantizer"]["codebook_size"]
+    assert model.detokenize(model.tokenize(x)).shape == x.shape
+
+
+def test_paper_config_is_f16_with_16x16_tokens():
+    cfg = load_recipe("vqgan_shapes", ["model=paper", "data.image_size=256"])
+    assert cfg["model"]["ch"] == 128 and cfg["model"]["ch_mult"] == [1, 1, 2, 2, 4]
+    model = build_tokenizer(cfg)
+    with torch.no_grad():
+        assert model.tokenize(torch.randn(1, 3, 256, 256)).shape == (1, 16, 16)
+
+
+def test_conv_weight_grad_equals_autograd():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 3, 3, padding=1)
+    x = torch.randn(2, 6, 8, 8)
+    y = conv(x)
+    loss = (y**2).mean()
+    (grad_y,) = torch.autograd.grad(loss, y, retain_graph=True)
+    (grad_w,) = torch.autograd.grad(loss, conv.weight)
+    torch.testing.assert_close(conv_weight_grad(x, grad_y, conv, conv.weight.shape), grad_w)
+
+
+def test_adaptive_weight_is_norm_ratio_clamped():
+    a, b = torch.full((4,), 3.0), torch.full((4,), 1.0)
+    assert adaptive_weight(a, b, 0.8).item() == pytest.approx(0.8 * 6.0 / (2.0 + 1e-4))
+    assert adaptive_weight(a, torch.zeros(4), 1.0).item() == pytest.approx(1e4)
+
+
+def test_hinge_loss_values():
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    # real: relu(1-2)=0, relu(1-0.5)=0.5 -> 0.25; fake: relu(1-2)=0, relu(1+0)=1 -> 0.5
+    assert hinge_d_loss(real, fake).item() == pytest.approx(0.5 * (0.25 + 0.5))
+
+
+def test_patch_discriminator_gives_patch_logits():
+    disc = PatchDiscriminator(3, 16, 2)
+    assert disc(torch.randn(2, 3, 32, 32)).shape == (2, 1, 6, 6)
+    for param in disc.parameters():  # what DeepSpeed's bf16 mode does: params bf16, BN stats fp32
+        param.data = param.data.bfloat16()
+    assert disc(torch.randn(2, 3, 32, 32).bfloat16()).dtype == torch.bfloat16
+
+
+def test_lpips_without_backbone_weights_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty hub cache
+    with pytest.raises(UserError, match="perceptual_weight=0"):
+        build_perceptual("alex", "pretrained")
+
+
+def test_lpips_loads_backbone_from_a_local_file(tmp_path):
+    import torchvision
+
+    # Random-initialised AlexNet weights stand in for the real ones (no hub here):
+    # this checks the loading code, not perceptual quality.
+    alexnet = torchvision.models.alexnet(weights=None)
+    path = tmp_path / "alexnet.pth"
+    torch.save(alexnet.state_dict(), path)
+    lp = build_perceptual("alex", str(path))
+    torch.testing.assert_close(lp.net.slice1[0].weight, alexnet.features[0].weight)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert lp(x, x).abs().max().item() == pytest.approx(0.0, abs=1e-6)
+    assert lp(x, -x).mean().item() > 0
+
+
+def test_warmup_cosine_schedule():
+    f = lambda s: warmup_cosine(s, warmup_steps=10, max_steps=110, min_ratio=0.1)  # noqa: E731
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+
+
+def test_deepspeed_config_follows_the_recipe():
+    cfg = load_recipe("vqgan_shapes", ["trainer.zero_stage=3", "trainer.precision=bf16",
+                                       "trainer.grad_accum=4", "optim.grad_clip=1.0"])
+    ds = deepspeed_config(cfg)
+    assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] is True
+    assert ds["gradient_accumulation_steps"] == 4 and ds["gradient_clipping"] == 1.0
+    assert ds["train_micro_batch_size_per_gpu"] == cfg["data"]["batch_size"]
