@@ -175,3 +175,9 @@ def test_skip_counts_are_totalled_across_reader_processes(tmp_path):
     loader = Loader(stream, batch_size=1, num_workers=2)
     assert len(_keys(loader)) == 4
     assert loader.skipped["bad_image"] == 2 and loader.skipped["missing_caption"] == 4
+
+
+def test_pipe_urls_are_read_through_webdataset(shapes_dir):
+    urls = [f"pipe:cat {u}" for u in resolve_shards(str(shapes_dir / "val"))]
+    stream = ImageCaptionStream(urls, image_size=16, shuffle_buffer=0, epochs=1)
+    assert len(_keys(Loader(stream, batch_size=4, num_workers=0))) == 60

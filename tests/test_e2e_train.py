@@ -3,7 +3,14 @@ ZeRO engines on gloo -> MLflow sqlite store; then resume in the same MLflow run.
 
 import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -12,14 +19,14 @@ from conftest import REPO, vqct_cmd
 pytestmark = pytest.mark.e2e
 
 
-def _train(tmp_path, shapes_dir, *overrides, timeout=600):
+def _train(tmp_path, shapes_dir, *overrides, timeout=600, env=None):
     args = ["train", "vqgan_shapes",
             f"data.train_shards={shapes_dir}/train", f"data.val_shards={shapes_dir}/val",
             "data.batch_size=16", "data.val_batches=2",
             f"trainer.storage_path={tmp_path}/runs", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
             "tracking.experiment=e2e", "trainer.log_every=5", "optim.warmup_steps=2", *overrides]
     proc = subprocess.run(vqct_cmd() + args, capture_output=True, text=True, cwd=tmp_path,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=timeout)
+                          env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})), timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
@@ -68,10 +75,42 @@ def test_train_zero2_then_resume_in_the_same_mlflow_run(tmp_path, shapes_dir):
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
-def test_train_zero3_bf16(tmp_path, shapes_dir):
-    result, _ = _train(tmp_path, shapes_dir, "trainer.max_steps=10", "trainer.checkpoint_every=10",
-                       "trainer.zero_stage=3", "trainer.precision=bf16", "loss.disc_start=5",
-                       "trainer.image_every=10")
+@pytest.fixture
+def ray_head():
+    """A real Ray head on loopback, started by the test and stopped by its PID."""
+    temp_dir = tempfile.mkdtemp(prefix="vqray-", dir="/tmp")  # short: Ray's unix sockets live there
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray = Path(sys.executable).with_name("ray")
+    proc = subprocess.Popen(
+        [str(ray), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", f"--port={port}",
+         "--num-cpus=2", "--include-dashboard=false", "--object-store-memory=268435456",
+         "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.5)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()  # with --block, the head drains and stops its own children on SIGTERM
+    try:
+        proc.wait(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # anything of the group still alive
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_train_zero3_bf16_on_an_existing_cluster(tmp_path, shapes_dir, ray_head):
+    result, log = _train(tmp_path, shapes_dir, "trainer.max_steps=10", "trainer.checkpoint_every=10",
+                         "trainer.zero_stage=3", "trainer.precision=bf16", "loss.disc_start=5",
+                         "trainer.image_every=10", env={"RAY_ADDRESS": ray_head})
+    assert "starting a local Ray instance" not in log  # it joined the head in RAY_ADDRESS
     assert result["steps"] == 10 and result["psnr"] > 0
     from mlflow.tracking import MlflowClient
 

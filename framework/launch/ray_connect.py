@@ -30,7 +30,7 @@ def _probe(address: str, timeout: float = 3.0) -> None:
 
 
 def connect(num_cpus_needed: int, worker_env: dict[str, str]) -> bool:
-    """Connect to Ray. Returns True when this call started a local instance (to shut down)."""
+    """Connect to Ray. Returns True when this call connected (and so must disconnect)."""
     address = os.environ.get("RAY_ADDRESS")
     if address:
         _probe(address)
@@ -49,7 +49,7 @@ def connect(num_cpus_needed: int, worker_env: dict[str, str]) -> bool:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         except (ConnectionError, RuntimeError) as exc:
             raise UserError(f"RAY_ADDRESS={address}: could not join the Ray cluster: {exc}") from None
-        return False
+        return True
     object_store_mb = int(os.environ.get("VQCT_OBJECT_STORE_MB", "256"))
     print(f"starting a local Ray instance on 127.0.0.1 ({num_cpus_needed} CPUs)", file=sys.stderr)
     ray.init(

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from vqct.config.compose import config_hash
-from vqct.errors import TrainingFailed
+from vqct.errors import TrainingFailed, UserError
 from vqct.data.shards import check_reader_count, resolve_shards
 from vqct.launch.ray_connect import connect
 from vqct.launch.runs import choose_run, write_run
@@ -60,11 +60,11 @@ def train(cfg: dict) -> dict:
     storage = Path(t["storage_path"]).expanduser().resolve()
     run_name, previous = choose_run(storage, cfg["recipe"], t["run_name"], t["resume"])
 
-    started_local = connect(t["num_workers"] * t["cpus_per_worker"], _worker_env(cfg))
+    connected = connect(t["num_workers"] * t["cpus_per_worker"], _worker_env(cfg))
     try:
         return _fit(cfg, train_urls, val_urls, storage, run_name, previous)
     finally:
-        if started_local:
+        if connected:  # also drains the workers' forwarded logs before the final JSON line
             import ray
 
             ray.shutdown()
@@ -81,7 +81,12 @@ def _worker_errors(exc: BaseException) -> str:
 
 def _fit(cfg: dict, train_urls, val_urls, storage: Path, run_name: str, previous: dict | None) -> dict:
     uri = cfg["tracking"]["uri"]
-    run_id = open_run(cfg, run_name, previous["mlflow_run_id"] if previous else None)
+    try:
+        run_id = open_run(cfg, run_name, previous["mlflow_run_id"] if previous else None)
+    except Exception as exc:  # no run to log into yet: refuse to start rather than train blind
+        raise UserError(f"tracking.uri={uri}: could not open the MLflow run "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); start the "
+                        "tracking server or point tracking.uri at a reachable store") from None
     if previous:
         log_config_copy(uri, run_id, cfg, f"resolved_resume_to_step{cfg['trainer']['max_steps']}.yaml")
     write_run(storage / run_name, {"mlflow_run_id": run_id, "recipe": cfg["recipe"],

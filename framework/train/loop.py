@@ -227,6 +227,16 @@ class Worker:
         }
 
 
+def _stdout_to_stderr() -> None:
+    """Ray forwards a worker's stdout to the driver's stdout, where the run's final JSON line
+    must stay last: send everything this worker prints (libraries too, at the file
+    descriptor level) to stderr instead."""
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+
+
 def train_loop_per_worker(config: dict) -> None:
+    _stdout_to_stderr()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     Worker(config).run()
