@@ -55,7 +55,10 @@ def connect(num_cpus_needed: int, worker_env: dict[str, str]) -> bool:
     ray.init(
         num_cpus=max(os.cpu_count() or 1, num_cpus_needed),
         object_store_memory=object_store_mb * 2**20,
-        include_dashboard=False,
+        # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner
+        # polls (without it, it warns every few seconds); loopback only.
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
         runtime_env=runtime_env,
         log_to_driver=True,
     )
