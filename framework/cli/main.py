@@ -33,6 +33,17 @@ def _cmd_train(args: argparse.Namespace) -> dict:
     return train(cfg)
 
 
+def _cmd_bench_step(args: argparse.Namespace) -> dict:
+    from vqct.bench.train_step import bench_step
+
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if not precisions or any(p not in ("fp32", "bf16") for p in precisions):
+        raise UserError("--precisions takes a comma-separated list of fp32 and bf16")
+    if args.steps <= 0 or args.warmup < 0:
+        raise UserError("--steps must be positive and --warmup not negative")
+    return bench_step(args.recipe, args.overrides, precisions, args.steps, args.warmup)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqct", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--val-fraction", type=float, default=0.1, help="held-out share")
     shapes.set_defaults(func=_cmd_data_shapes)
+
+    bench = sub.add_parser("bench", help="benchmarks (ratios against a baseline measured in the same run)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    step = bench_sub.add_parser("step", help="training-step throughput per precision, one process")
+    step.add_argument("recipe", nargs="?", default="vqgan_shapes")
+    step.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=paper data.image_size=256")
+    step.add_argument("--precisions", default="fp32,bf16", help="first one is the baseline")
+    step.add_argument("--steps", type=int, default=20)
+    step.add_argument("--warmup", type=int, default=3)
+    step.set_defaults(func=_cmd_bench_step)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Image-caption data: synthetic shapes shards, shard resolution, the streaming loader."""

@@ -1,0 +1,163 @@
+"""The streaming image-caption loader: shards -> split by node and worker -> shuffle ->
+decode -> batches, with every skipped sample counted by kind.
+
+Epochs are exactly-once: each epoch the shard list is shuffled with a seed shared by all
+ranks, then split by rank (webdataset's `split_by_node`) and by DataLoader worker
+(`split_by_worker`). Training is counted in steps and the stream runs on into the next
+epoch, so every rank takes the same number of steps however uneven its shards are (a
+rank that runs dry first simply starts its next epoch): no DDP hang at epoch ends.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset
+
+from vqct.data.decode import BadSample, decode_sample
+
+SKIP_KINDS = ("tar_error", "missing_image", "bad_image", "missing_caption", "bad_caption")
+
+
+class NoUsableSamples(RuntimeError):
+    """A reader went through a whole epoch of its shards without one usable sample."""
+
+
+class SkipCounter:
+    """Counts skipped samples by kind inside one reader (one DataLoader worker)."""
+
+    def __init__(self):
+        self.counts = dict.fromkeys(SKIP_KINDS, 0)
+        self._warned = 0
+
+    def add(self, kind: str, detail: str = "") -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if self._warned < 5:  # a few examples in the log; the counts say the rest
+            self._warned += 1
+            print(f"warning: skipped sample ({kind}) {detail}", file=sys.stderr)
+
+    def tar_handler(self, exn: Exception) -> bool:
+        """webdataset handler for unreadable shards and broken tar members: count, go on."""
+        self.add("tar_error", f"{type(exn).__name__}: {exn}")
+        return True
+
+
+def _mix(*parts: int) -> int:
+    return hash(parts) & 0x7FFFFFFF
+
+
+class ImageCaptionStream(IterableDataset):
+    """Yields dicts (image, caption, key, reader, skipped) epoch after epoch."""
+
+    def __init__(self, urls: list[str], image_size: int, seed: int = 0, shuffle_buffer: int = 256,
+                 random_crop: bool = False, epochs: Optional[int] = None, start_epoch: int = 0):
+        super().__init__()
+        self.urls = list(urls)
+        self.image_size = image_size
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.random_crop = random_crop
+        self.epochs = epochs
+        self.start_epoch = start_epoch
+
+    def _decoded(self, samples, counter: SkipCounter, rng: Optional[random.Random]):
+        for sample in samples:
+            try:
+                yield decode_sample(sample, self.image_size, rng)
+            except BadSample as bad:
+                counter.add(bad.kind, f"key={sample.get('__key__')} url={sample.get('__url__')}")
+
+    def _epoch(self, epoch: int, counter: SkipCounter, reader: int):
+        # The shard order must be the same on every rank before splitting: seed by epoch only.
+        stages = [
+            wds.SimpleShardList(self.urls, seed=_mix(self.seed, epoch)),
+            wds.split_by_node,
+            wds.split_by_worker,
+            wds.tarfile_to_samples(handler=counter.tar_handler),
+        ]
+        if self.shuffle_buffer > 1:
+            stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 4,
+                                      seed=_mix(self.seed, epoch, reader)))
+        rng = random.Random(_mix(self.seed, epoch, reader, 1)) if self.random_crop else None
+        return self._decoded(wds.DataPipeline(*stages), counter, rng)
+
+    def __iter__(self) -> Iterator[dict]:
+        rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        reader = rank * workers + worker
+        counter = SkipCounter()
+        epoch = self.start_epoch
+        while self.epochs is None or epoch < self.start_epoch + self.epochs:
+            yielded = 0
+            for image, caption, key in self._epoch(epoch, counter, reader):
+                yielded += 1
+                yield {"image": image, "caption": caption, "key": key, "reader": reader,
+                       "skipped": dict(counter.counts)}
+            if yielded == 0:
+                raise NoUsableSamples(
+                    f"reader {reader} (rank {rank}, worker {worker}) found no usable sample in "
+                    f"its shards; skipped so far: {counter.counts}. Check the shards' contents."
+                )
+            epoch += 1
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # (B, 3, H, W) in [-1, 1]
+    captions: list[str]
+    keys: list[str]
+    reader: int
+    skipped: dict = field(default_factory=dict)  # cumulative counts of this batch's reader
+
+
+def collate(samples: list[dict]) -> Batch:
+    # A batch is built inside one reader, and counts only grow: the last sample's are newest.
+    return Batch(
+        images=torch.stack([s["image"] for s in samples]),
+        captions=[s["caption"] for s in samples],
+        keys=[s["key"] for s in samples],
+        reader=samples[-1]["reader"],
+        skipped=samples[-1]["skipped"],
+    )
+
+
+class Loader:
+    """A DataLoader over the stream that also totals skipped samples across its readers."""
+
+    def __init__(self, stream: ImageCaptionStream, batch_size: int, num_workers: int):
+        self.dataloader = DataLoader(
+            stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+            persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None,
+        )
+        self._per_reader: dict[int, dict] = {}
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in self.dataloader:
+            self._per_reader[batch.reader] = batch.skipped
+            yield batch
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        totals = dict.fromkeys(SKIP_KINDS, 0)
+        for counts in self._per_reader.values():
+            for kind, n in counts.items():
+                totals[kind] = totals.get(kind, 0) + n
+        return totals
+
+
+def make_loader(urls: list[str], data_cfg: dict, seed: int, train: bool = True,
+                epochs: Optional[int] = None, start_epoch: int = 0) -> Loader:
+    stream = ImageCaptionStream(
+        urls,
+        image_size=data_cfg["image_size"],
+        seed=seed,
+        shuffle_buffer=data_cfg["shuffle_buffer"] if train else 0,
+        random_crop=data_cfg["random_crop"] and train,
+        epochs=epochs,
+        start_epoch=start_epoch,
+    )
+    return Loader(stream, data_cfg["batch_size"], data_cfg["num_workers"])
