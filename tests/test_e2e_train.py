@@ -106,9 +106,10 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_train_zero3_bf16_on_an_existing_cluster(tmp_path, shapes_dir, ray_head):
+def test_train_zero3_bf16_grad_accum_on_an_existing_cluster(tmp_path, shapes_dir, ray_head):
     result, log = _train(tmp_path, shapes_dir, "trainer.max_steps=10", "trainer.checkpoint_every=10",
                          "trainer.zero_stage=3", "trainer.precision=bf16", "loss.disc_start=5",
+                         "trainer.grad_accum=2",
                          "trainer.image_every=10", env={"RAY_ADDRESS": ray_head})
     assert "starting a local Ray instance" not in log  # it joined the head in RAY_ADDRESS
     assert result["steps"] == 10 and result["psnr"] > 0

@@ -96,8 +96,7 @@ def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: 
 
     results, cfg = {}, None
     for precision in precisions:
-        cfg = load_recipe(recipe, [*overrides, f"trainer.precision={precision}", "loss.perceptual_weight=0",
-                                   "trainer.zero_stage=" + os.environ.get("VQCT_BENCH_ZERO", "2")])
+        cfg = load_recipe(recipe, [*overrides, f"trainer.precision={precision}", "loss.perceptual_weight=0"])
         use_gpu = cfg["trainer"]["use_gpu"] and torch.cuda.is_available()
         if not results:
             if cfg["trainer"]["use_gpu"] and not use_gpu:
@@ -108,6 +107,9 @@ def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: 
             images = _images(cfg["data"]["batch_size"], cfg["data"]["image_size"], cfg["seed"])
         print(f"bench step: {precision} ...", file=sys.stderr)
         results[precision] = _measure(cfg, images, steps, warmup)
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
     base = results[precisions[0]]["images_per_s"]
     for precision in precisions:
         results[precision]["speedup_vs_" + precisions[0]] = round(results[precision]["images_per_s"] / base, 3)
