@@ -82,7 +82,6 @@ class Worker:
         self.train_urls, self.val_urls = config["train_urls"], config["val_urls"]
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        _seed_everything(cfg["seed"] + self.rank)
         torch.set_num_threads(max(1, cfg["trainer"]["cpus_per_worker"]))
         self.device = _device(cfg["trainer"]["use_gpu"])
         deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
@@ -92,6 +91,7 @@ class Worker:
             PatchDiscriminator(cfg["model"]["in_channels"], cfg["loss"]["disc_channels"], cfg["loss"]["disc_layers"]),
             cfg,
         )
+        _seed_everything(cfg["seed"] + self.rank)  # per-rank randomness from here on
         self.dtype = compute_dtype(cfg)
         loss = cfg["loss"]
         self.perceptual = (build_perceptual(loss["lpips_net"], loss["lpips_backbone"]).to(self.device)
