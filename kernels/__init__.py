@@ -4,6 +4,8 @@ Models call only the entry points exported here; which implementation runs is de
 by the tensors' device (DESIGN.md, Kernels).
 """
 
-from vqct.kernels.lookup import nearest_code, nearest_code_reference
+from vqct.kernels.graph import gcn_aggregate, normalized_adjacency
+from vqct.kernels.lookup import nearest_code, nearest_code_reference, nearest_codes_topk
 
-__all__ = ["nearest_code", "nearest_code_reference"]
+__all__ = ["gcn_aggregate", "nearest_code", "nearest_code_reference", "nearest_codes_topk",
+           "normalized_adjacency"]

@@ -41,3 +41,25 @@ def nearest_code(z: torch.Tensor, codes: torch.Tensor, memory_mb: float = 256.0)
         idx[start:start + rows] = arg
         dist[start:start + rows] = (best + zc.pow(2).sum(1)).clamp_min_(0.0)
     return idx, dist
+
+
+@torch.no_grad()
+def nearest_codes_topk(z: torch.Tensor, codes: torch.Tensor, k: int, memory_mb: float = 256.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (N, k) and squared distances (N, k) of each row's K nearest codes, nearest first."""
+    if k == 1:
+        idx, dist = nearest_code(z, codes, memory_mb)
+        return idx.unsqueeze(1), dist.unsqueeze(1)
+    if not 1 <= k <= codes.shape[0]:
+        raise ValueError(f"k={k} must be between 1 and the number of codes ({codes.shape[0]})")
+    z, codes = z.float(), codes.float()
+    code_sq = codes.pow(2).sum(1)
+    rows = _chunk_rows(codes.shape[0], memory_mb)
+    idx = torch.empty(z.shape[0], k, dtype=torch.long, device=z.device)
+    dist = torch.empty(z.shape[0], k, dtype=torch.float32, device=z.device)
+    for start in range(0, z.shape[0], rows):
+        zc = z[start:start + rows]
+        block = torch.addmm(code_sq.unsqueeze(0), zc, codes.t(), beta=1.0, alpha=-2.0)
+        best, arg = block.topk(k, dim=1, largest=False, sorted=True)
+        idx[start:start + rows] = arg
+        dist[start:start + rows] = (best + zc.pow(2).sum(1, keepdim=True)).clamp_min_(0.0)
+    return idx, dist

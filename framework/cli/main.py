@@ -33,6 +33,18 @@ def _cmd_train(args: argparse.Namespace) -> dict:
     return train(cfg)
 
 
+def _cmd_priors_build(args: argparse.Namespace) -> dict:
+    from vqct.config import load_recipe
+    from vqct.data.shards import resolve_shards
+    from vqct.text.priors import ensure_priors
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    urls = resolve_shards(cfg["data"]["train_shards"], "data.train_shards")
+    path, manifest, built = ensure_priors(cfg, urls, force=args.force)
+    return {"priors_dir": str(path), "built": built, "text_model": manifest["text_model"],
+            "embedding_dim": manifest["embedding_dim"], "edges": manifest["edges"], **manifest["report"]}
+
+
 def _cmd_bench_step(args: argparse.Namespace) -> dict:
     from vqct.bench.train_step import bench_step
 
@@ -63,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--val-fraction", type=float, default=0.1, help="held-out share")
     shapes.set_defaults(func=_cmd_data_shapes)
+
+    priors = sub.add_parser("priors", help="text priors for the vqct quantizer")
+    priors_sub = priors.add_subparsers(dest="priors_command", required=True)
+    build = priors_sub.add_parser("build", help="build (or reuse) the priors cache of a recipe")
+    build.add_argument("recipe")
+    build.add_argument("overrides", nargs="*")
+    build.add_argument("--force", action="store_true", help="rebuild even when a valid cache exists")
+    build.set_defaults(func=_cmd_priors_build)
 
     bench = sub.add_parser("bench", help="benchmarks (ratios against a baseline measured in the same run)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)

@@ -121,6 +121,15 @@ def _validate(cfg: dict[str, Any]) -> None:
             f"config: data.image_size={d['image_size']} is not divisible by the downsampling "
             f"factor {factor} of model.ch_mult={m['ch_mult']}"
         )
+    if q["name"] not in ("vq", "vqct"):
+        raise UserError(f"config: quantizer.name='{q['name']}' must be 'vq' or 'vqct'")
+    if q["name"] == "vqct" and m["embed_dim"] != 2 * q["code_dim"]:
+        raise UserError(
+            f"config: model.embed_dim={m['embed_dim']} must be 2 x quantizer.code_dim={q['code_dim']} "
+            "for the vqct quantizer (an adjective half and a noun half)"
+        )
+    if q["name"] == "vqct" and q["adj_topk"] < 1:
+        raise UserError(f"config: quantizer.adj_topk={q['adj_topk']} must be at least 1")
     if not d["train_shards"]:
         raise UserError("config: data.train_shards is empty: set it to a shard directory, pattern or list")
 

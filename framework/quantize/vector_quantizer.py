@@ -23,6 +23,7 @@ class VectorQuantizer(nn.Module):
         self.beta = beta
         self.legacy_beta = legacy_beta
         self.lookup_memory_mb = lookup_memory_mb
+        self.channels = dim
         # A direct parameter, not an nn.Embedding: under ZeRO-3 a module's own parameters are
         # gathered for its forward, a child's only for the child's forward.
         self.codebook = nn.Parameter(torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size))
@@ -42,6 +43,16 @@ class VectorQuantizer(nn.Module):
         zq = flat + (zq - flat).detach()  # straight-through: d z_q / d z = identity
         zq = zq.reshape(b, h, w, d).permute(0, 3, 1, 2).contiguous()
         return zq, loss, idx.reshape(b, h, w)
+
+    @property
+    def groups(self) -> dict[str, int]:
+        return {"codes": self.codebook_size}
+
+    def code_counts(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"codes": torch.bincount(indices.reshape(-1), minlength=self.codebook_size)}
+
+    def pair_stats(self, indices: torch.Tensor) -> dict[str, float]:
+        return {}
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices (B, H, W) -> code vectors (B, D, H, W)."""

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from vqct.models.vqgan import Decoder, Encoder, swish
-from vqct.quantize import VectorQuantizer
+from vqct.quantize import TransferQuantizer, VectorQuantizer
 
 
 class TokenizerOutput(NamedTuple):
@@ -23,7 +23,7 @@ class TokenizerOutput(NamedTuple):
 
 
 class VQTokenizer(nn.Module):
-    def __init__(self, model_cfg: dict, quantizer_cfg: dict, image_size: int):
+    def __init__(self, model_cfg: dict, quantizer: nn.Module, image_size: int):
         super().__init__()
         arch = dict(ch=model_cfg["ch"], ch_mult=list(model_cfg["ch_mult"]),
                     num_res_blocks=model_cfg["num_res_blocks"],
@@ -32,10 +32,9 @@ class VQTokenizer(nn.Module):
                     dropout=model_cfg["dropout"])
         self.encoder = Encoder(in_channels=model_cfg["in_channels"], **arch)
         self.decoder = Decoder(out_channels=model_cfg["in_channels"], **arch)
-        embed_dim = model_cfg["embed_dim"]
-        self.quant_conv = nn.Conv2d(model_cfg["z_channels"], embed_dim, 1)
-        self.post_quant_conv = nn.Conv2d(embed_dim, model_cfg["z_channels"], 1)
-        self.quantizer = build_quantizer(quantizer_cfg, embed_dim)
+        self.quantizer = quantizer
+        self.quant_conv = nn.Conv2d(model_cfg["z_channels"], quantizer.channels, 1)
+        self.post_quant_conv = nn.Conv2d(quantizer.channels, model_cfg["z_channels"], 1)
         self.downsample = 2 ** (len(model_cfg["ch_mult"]) - 1)
 
     @property
@@ -68,12 +67,20 @@ class VQTokenizer(nn.Module):
         return self.decoder(self.post_quant_conv(self.quantizer.lookup(indices)))
 
 
-def build_quantizer(cfg: dict, dim: int) -> nn.Module:
+def build_quantizer(cfg: dict, dim: int, priors: dict | None = None) -> nn.Module:
     if cfg["name"] == "vq":
         return VectorQuantizer(cfg["codebook_size"], dim, cfg["beta"], cfg["legacy_beta"],
                                cfg["lookup_memory_mb"])
-    raise ValueError(f"quantizer.name='{cfg['name']}' is not known (known: vq)")
+    if cfg["name"] == "vqct":
+        if priors is None:
+            raise ValueError("quantizer.name=vqct needs the text priors (vqct priors build RECIPE)")
+        return TransferQuantizer(priors["adjective_embeddings"], priors["noun_embeddings"],
+                                 priors["edge_index"], priors["edge_weight"], cfg["code_dim"],
+                                 cfg["gcn_hidden"], cfg["gcn_dropout"], cfg["adj_topk"], cfg["beta"],
+                                 cfg["legacy_beta"], cfg["lookup_memory_mb"])
+    raise ValueError(f"quantizer.name='{cfg['name']}' is not known (known: vq, vqct)")
 
 
-def build_tokenizer(cfg: dict) -> VQTokenizer:
-    return VQTokenizer(cfg["model"], cfg["quantizer"], cfg["data"]["image_size"])
+def build_tokenizer(cfg: dict, priors: dict | None = None) -> VQTokenizer:
+    quantizer = build_quantizer(cfg["quantizer"], cfg["model"]["embed_dim"], priors)
+    return VQTokenizer(cfg["model"], quantizer, cfg["data"]["image_size"])

@@ -19,17 +19,19 @@ USAGE_FILE = "usage_window.safetensors"
 TAG = "state"
 
 
-def save_checkpoint(directory: Path, gen, disc, state: dict, usage_window: list[torch.Tensor], rank: int) -> None:
+def save_checkpoint(directory: Path, gen, disc, state: dict, usage_windows: dict[str, list[torch.Tensor]],
+                    rank: int) -> None:
     """Collective: every rank calls it with its own DIRECTORY."""
     gen.save_checkpoint(str(directory / "generator"), tag=TAG)
     disc.save_checkpoint(str(directory / "discriminator"), tag=TAG)
     if rank == 0:
-        if usage_window:
-            save_file({"window": torch.stack(usage_window)}, str(directory / USAGE_FILE))
+        windows = {name: torch.stack(w) for name, w in usage_windows.items() if w}
+        if windows:
+            save_file(windows, str(directory / USAGE_FILE))
         (directory / STATE_FILE).write_text(json.dumps(state, indent=2))
 
 
-def load_checkpoint(directory: Path, gen, disc) -> tuple[dict, list[torch.Tensor]]:
+def load_checkpoint(directory: Path, gen, disc) -> tuple[dict, dict[str, list[torch.Tensor]]]:
     """Collective: restores both engines (weights, optimizer, lr schedule); returns our state."""
     directory = Path(directory)
     state_path = directory / STATE_FILE
@@ -41,7 +43,7 @@ def load_checkpoint(directory: Path, gen, disc) -> tuple[dict, list[torch.Tensor
                                          load_lr_scheduler_states=True)
         if path is None:
             raise FileNotFoundError(f"checkpoint {directory / name} could not be loaded by DeepSpeed")
-    window = []
+    windows = {}
     if (directory / USAGE_FILE).is_file():
-        window = list(load_file(str(directory / USAGE_FILE))["window"])
-    return state, window
+        windows = {name: list(t) for name, t in load_file(str(directory / USAGE_FILE)).items()}
+    return state, windows

@@ -23,6 +23,7 @@ from vqct.eval.reconstruction import evaluate_reconstruction, to_unit
 from vqct.models.discriminator import PatchDiscriminator
 from vqct.models.losses import build_perceptual
 from vqct.quantize import CodebookUsage, perplexity
+from vqct.text.priors import load_priors
 from vqct.tokenizer import build_tokenizer
 from vqct.train.checkpoint import load_checkpoint, save_checkpoint
 from vqct.train.engines import build_engines, compute_dtype
@@ -43,13 +44,30 @@ def _device(use_gpu: bool) -> torch.device:
     return torch.device("cpu")
 
 
-def _all_reduce_counts(indices: list[torch.Tensor], size: int, device) -> torch.Tensor:
-    counts = torch.zeros(size, dtype=torch.long, device=device)
+def _all_reduce_counts(quantizer, indices: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Code histograms of this step per codebook group, summed over micro-steps and ranks."""
+    per_group: dict[str, torch.Tensor] = {}
     for idx in indices:
-        counts += torch.bincount(idx.flatten(), minlength=size)
+        for name, counts in quantizer.code_counts(idx).items():
+            per_group[name] = per_group[name] + counts if name in per_group else counts.clone()
     if dist.is_initialized():
-        dist.all_reduce(counts)
-    return counts.cpu()
+        for counts in per_group.values():
+            dist.all_reduce(counts)
+    return {name: counts.cpu() for name, counts in per_group.items()}
+
+
+def usage_metrics(usage: dict[str, CodebookUsage], counts: dict[str, torch.Tensor]) -> dict[str, float]:
+    """One group (vq): codebook/usage and codebook/perplexity. Several (vqct): the same per
+    group with a suffix, plus the overall usage across all codes."""
+    if list(usage) == ["codes"]:
+        return {"codebook/usage": usage["codes"].usage, "codebook/perplexity": perplexity(counts["codes"])}
+    out = {}
+    for name, tracker in usage.items():
+        out[f"codebook/usage_{name}"] = tracker.usage
+        out[f"codebook/perplexity_{name}"] = perplexity(counts[name])
+    hit = sum(float((t.total > 0).sum()) for t in usage.values())
+    out["codebook/usage"] = hit / sum(t.codebook_size for t in usage.values())
+    return out
 
 
 class Progress:
@@ -86,8 +104,9 @@ class Worker:
         self.device = _device(cfg["trainer"]["use_gpu"])
         deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
         torch.manual_seed(cfg["seed"])  # identical initial weights on every rank
+        priors = load_priors(config["priors_dir"]) if config.get("priors_dir") else None
         self.gen, self.disc = build_engines(
-            build_tokenizer(cfg),
+            build_tokenizer(cfg, priors),
             PatchDiscriminator(cfg["model"]["in_channels"], cfg["loss"]["disc_channels"], cfg["loss"]["disc_layers"]),
             cfg,
         )
@@ -97,8 +116,9 @@ class Worker:
         self.perceptual = (build_perceptual(loss["lpips_net"], loss["lpips_backbone"]).to(self.device)
                            if loss["perceptual_weight"] > 0 else None)
         self.weights = LossWeights.from_cfg(loss)
-        q = cfg["quantizer"]
-        self.usage = CodebookUsage(q["codebook_size"], q["usage_window"])
+        self.quantizer = self.gen.module.quantizer
+        window = cfg["quantizer"]["usage_window"]
+        self.usage = {name: CodebookUsage(size, window) for name, size in self.quantizer.groups.items()}
         self.step = 0
         self.images_seen = 0
         self.train_seconds = 0.0
@@ -116,11 +136,12 @@ class Worker:
         if checkpoint is None:
             return
         with checkpoint.as_directory() as directory:
-            state, window = load_checkpoint(Path(directory), self.gen, self.disc)
+            state, windows = load_checkpoint(Path(directory), self.gen, self.disc)
         self.step = state["step"]
         self.images_seen = state.get("images_seen", 0)
         self.train_seconds = state.get("train_seconds", 0.0)
-        self.usage.restore(window)
+        for name, tracker in self.usage.items():
+            tracker.restore(windows.get(name, []))
         if self.rank == 0:
             print(f"resumed from step {self.step} ({checkpoint.path})", file=sys.stderr)
 
@@ -130,7 +151,8 @@ class Worker:
         state = {"step": self.step, "mlflow_run_id": self.run_id, "images_seen": self.images_seen,
                  "train_seconds": self.train_seconds, "recipe": self.cfg["recipe"]}
         with tempfile.TemporaryDirectory(prefix="vqct-ckpt-") as tmp:
-            save_checkpoint(Path(tmp), self.gen, self.disc, state, list(self.usage.window), self.rank)
+            windows = {name: list(t.window) for name, t in self.usage.items()}
+            save_checkpoint(Path(tmp), self.gen, self.disc, state, windows, self.rank)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     # ---- steps -----------------------------------------------------------------------
@@ -145,17 +167,18 @@ class Worker:
             indices.append(idx)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v / accum
-        counts = _all_reduce_counts(indices, self.usage.codebook_size, self.device)
-        self.usage.update(counts)
+        counts = _all_reduce_counts(self.quantizer, indices)
+        for name, tracker in self.usage.items():
+            tracker.update(counts[name])
         elapsed = time.perf_counter() - t0
         images = self.world * accum * self.cfg["data"]["batch_size"]
         self.step += 1
         if self.step > 1:  # the first step pays for warm-up: leave it out of the throughput
             self.images_seen += images
             self.train_seconds += elapsed
+        sums.update(usage_metrics(self.usage, counts))
+        sums.update({f"codebook/{k}": v for k, v in self.quantizer.pair_stats(indices[-1]).items()})
         sums.update({
-            "codebook/usage": self.usage.usage,
-            "codebook/perplexity": perplexity(counts),
             "perf/step_time_s": elapsed,
             "perf/images_per_s": images / elapsed,
             "lr": self.gen.get_lr()[0],
@@ -216,12 +239,18 @@ class Worker:
             self.logger.flush()
 
     def summary(self, metrics: dict) -> dict:
+        per_group = {}
+        if len(self.usage) > 1:
+            for name, tracker in self.usage.items():
+                per_group[f"codebook_usage_{name}"] = tracker.usage
+                per_group[f"perplexity_{name}"] = tracker.window_perplexity
         return {
             "step": self.step,
             "psnr": metrics.get("val/psnr"),
             "ssim": metrics.get("val/ssim"),
-            "codebook_usage": self.usage.usage,
-            "perplexity": self.usage.window_perplexity,
+            "codebook_usage": metrics.get("codebook/usage"),
+            **per_group,
+            "perplexity": None if per_group else self.usage["codes"].window_perplexity,
             "images_per_s": self.images_seen / self.train_seconds if self.train_seconds else None,
             "rec_l1": metrics.get("loss/rec_l1"),
         }
