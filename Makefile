@@ -1,5 +1,6 @@
 # vqct — every target sets itself up from nothing (a fresh clone has no .venv).
-#   make demo   generate shapes shards and train the VQGAN recipe (2 Ray workers, ZeRO-2, CPU)
+#   make demo   generate shapes shards and train the VQCT recipe (2 Ray workers, ZeRO-2, CPU)
+#   make compare  vqgan_shapes and vqct_shapes under the same settings, then a table
 #   make test   the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -22,8 +23,11 @@ export PYTHONUNBUFFERED ?= 1
 
 DEMO_DATA ?= data/shapes
 DEMO_ARGS ?=
+# make compare: both recipes with the same seed, steps, image size and codebook capacity
+# (256 codes: vqgan_shapes' 256 = vqct_shapes' 128 adjectives + 128 nouns).
+COMPARE_ARGS ?= seed=0 trainer.max_steps=800 data.image_size=32
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo compare test test-fast clean
 
 setup: $(STAMP)
 
@@ -40,7 +44,13 @@ $(DEMO_DATA)/manifest.json: | $(STAMP)
 	$(VENV)/bin/vqct data shapes --out $(DEMO_DATA) --num-samples 4096 --samples-per-shard 256 --image-size 32 --seed 0
 
 demo: $(STAMP) $(DEMO_DATA)/manifest.json
-	$(VENV)/bin/vqct train vqgan_shapes $(DEMO_ARGS)
+	$(VENV)/bin/vqct train vqct_shapes $(DEMO_ARGS)
+
+compare: $(STAMP) $(DEMO_DATA)/manifest.json
+	@mkdir -p runs/compare
+	set -o pipefail; $(VENV)/bin/vqct train vqgan_shapes $(COMPARE_ARGS) | tee runs/compare/vqgan_shapes.json
+	set -o pipefail; $(VENV)/bin/vqct train vqct_shapes $(COMPARE_ARGS) | tee runs/compare/vqct_shapes.json
+	$(PY) -m vqct.eval.compare runs/compare/vqgan_shapes.json runs/compare/vqct_shapes.json
 
 test: $(STAMP)
 	$(PY) -m pytest tests

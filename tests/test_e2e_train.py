@@ -19,8 +19,8 @@ from conftest import REPO, vqct_cmd
 pytestmark = pytest.mark.e2e
 
 
-def _train(tmp_path, shapes_dir, *overrides, timeout=600, env=None):
-    args = ["train", "vqgan_shapes",
+def _train(tmp_path, shapes_dir, *overrides, timeout=600, env=None, recipe="vqgan_shapes"):
+    args = ["train", recipe,
             f"data.train_shards={shapes_dir}/train", f"data.val_shards={shapes_dir}/val",
             "data.batch_size=16", "data.val_batches=2",
             f"trainer.storage_path={tmp_path}/runs", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
@@ -118,3 +118,20 @@ def test_train_zero3_bf16_grad_accum_on_an_existing_cluster(tmp_path, shapes_dir
     run = MlflowClient(result["tracking_uri"]).get_run(result["run_id"])
     assert run.data.params["trainer.zero_stage"] == "3" and run.data.params["trainer.precision"] == "bf16"
     assert "loss/disc" in run.data.metrics  # the GAN path ran under ZeRO-3
+
+
+def test_vqct_shapes_with_real_minilm_and_spacy(tmp_path, shapes_dir):
+    result, log = _train(tmp_path, shapes_dir, "trainer.max_steps=12", "trainer.checkpoint_every=12",
+                         "loss.disc_start=6", "trainer.image_every=12", f"text.priors_dir={tmp_path}/priors",
+                         "text.adjectives=32", "text.nouns=32", recipe="vqct_shapes")
+    assert "priors built" in log
+    assert result["family"] == "vqct" and result["steps"] == 12
+    for key in ("codebook_usage", "codebook_usage_adj", "codebook_usage_noun", "perplexity_adj", "perplexity_noun"):
+        assert result[key] is not None and result[key] > 0, key
+    assert result["codebook_usage_adj"] > 0.5 and result["codebook_usage_noun"] > 0.5
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(result["tracking_uri"]).get_run(result["run_id"])
+    assert run.data.tags["family"] == "vqct" and run.data.tags["quantizer"] == "vqct"
+    for key in ("codebook/usage_adj", "codebook/usage_noun", "codebook/pairs_distinct", "loss/codebook"):
+        assert key in run.data.metrics, key

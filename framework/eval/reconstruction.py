@@ -1,4 +1,4 @@
-"""Held-out reconstruction quality: PSNR and SSIM through torchmetrics.
+"""Held-out reconstruction quality: PSNR, SSIM and L1 through torchmetrics.
 
 Every rank evaluates the same number of batches (ZeRO-3 forwards are collective) and
 torchmetrics gathers the states across ranks when torch.distributed is initialized.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from itertools import islice
 
 import torch
+from torchmetrics import MeanAbsoluteError
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 
@@ -21,6 +22,7 @@ def evaluate_reconstruction(model, batches, num_batches: int, device, dtype) -> 
     """MODEL maps images to an output with `.reconstruction`; BATCHES yields vqct Batches."""
     psnr = PeakSignalNoiseRatio(data_range=1.0).to(device)
     ssim = StructuralSimilarityIndexMeasure(data_range=1.0).to(device)
+    l1 = MeanAbsoluteError().to(device)  # on the [-1, 1] scale, like the training L1
     was_training = model.training
     model.eval()
     first = None
@@ -29,7 +31,8 @@ def evaluate_reconstruction(model, batches, num_batches: int, device, dtype) -> 
         recon = model(images.to(dtype)).reconstruction
         psnr.update(to_unit(recon), to_unit(images))
         ssim.update(to_unit(recon), to_unit(images))
+        l1.update(recon.float(), images.float())
         if first is None:
             first = (images[:8].cpu(), recon[:8].float().cpu())
     model.train(was_training)
-    return {"psnr": float(psnr.compute()), "ssim": float(ssim.compute())}, first
+    return {"psnr": float(psnr.compute()), "ssim": float(ssim.compute()), "l1": float(l1.compute())}, first

@@ -120,6 +120,7 @@ def _fit(cfg: dict, train_urls, val_urls, storage: Path, run_name: str, previous
         "steps": m.get("step"),
         "psnr": m.get("psnr"),
         "ssim": m.get("ssim"),
+        "val_l1": m.get("val_l1"),
         "codebook_usage": m.get("codebook_usage"),
         **{k: v for k, v in m.items() if k.startswith(("codebook_usage_", "perplexity_"))},
         "perplexity": m.get("perplexity"),

@@ -248,6 +248,7 @@ class Worker:
             "step": self.step,
             "psnr": metrics.get("val/psnr"),
             "ssim": metrics.get("val/ssim"),
+            "val_l1": metrics.get("val/l1"),
             "codebook_usage": metrics.get("codebook/usage"),
             **per_group,
             "perplexity": None if per_group else self.usage["codes"].window_perplexity,
