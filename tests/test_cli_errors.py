@@ -82,3 +82,11 @@ def test_resume_without_a_run(shapes_dir, tmp_path):
 
 def test_bad_shapes_arguments(tmp_path):
     _assert_user_error(_run(["data", "shapes", "--out", str(tmp_path), "--num-samples", "0"]), "--num-samples")
+
+
+def test_paper_recipe_without_shards_names_the_missing_keys():
+    _assert_user_error(_run(["train", "vqct_coco"]), "data.train_shards", "data.val_shards")
+
+
+def test_vqct_width_mismatch():
+    _assert_user_error(_run(["train", "vqct_shapes", "quantizer.code_dim=8"]), "2 x quantizer.code_dim=8")

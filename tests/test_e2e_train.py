@@ -135,3 +135,19 @@ def test_vqct_shapes_with_real_minilm_and_spacy(tmp_path, shapes_dir):
     assert run.data.tags["family"] == "vqct" and run.data.tags["quantizer"] == "vqct"
     for key in ("codebook/usage_adj", "codebook/usage_noun", "codebook/pairs_distinct", "loss/codebook"):
         assert key in run.data.metrics, key
+
+    # Token indices per image from the final checkpoint, for later stages.
+    proc = subprocess.run(vqct_cmd() + ["tokenize", result["checkpoint"], "--data", f"{shapes_dir}/val",
+                                        "--out", str(tmp_path / "tokens"), "--batch-size", "16"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["images"] == 60 and summary["files"] == 1
+    from safetensors.torch import load_file
+
+    indices = load_file(str(tmp_path / "tokens" / "tokens-000000.safetensors"))["indices"]
+    keys = json.loads((tmp_path / "tokens" / "tokens-000000.json").read_text())
+    assert indices.shape == (60, 8, 8, 3) and len(keys) == 60 and keys[0].startswith("val")
+    assert 0 <= indices[..., :2].min() and indices[..., :2].max() < 32  # adjective codes
+    assert 0 <= indices[..., 2].min() and indices[..., 2].max() < 32  # noun codes

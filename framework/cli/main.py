@@ -45,6 +45,14 @@ def _cmd_priors_build(args: argparse.Namespace) -> dict:
             "embedding_dim": manifest["embedding_dim"], "edges": manifest["edges"], **manifest["report"]}
 
 
+def _cmd_tokenize(args: argparse.Namespace) -> dict:
+    from vqct.tokenizer.export import export_tokens
+
+    if args.batch_size <= 0:
+        raise UserError("--batch-size must be a positive number")
+    return export_tokens(args.checkpoint, args.data, args.out, args.batch_size)
+
+
 def _cmd_bench_step(args: argparse.Namespace) -> dict:
     from vqct.bench.train_step import bench_step
 
@@ -83,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("overrides", nargs="*")
     build.add_argument("--force", action="store_true", help="rebuild even when a valid cache exists")
     build.set_defaults(func=_cmd_priors_build)
+
+    tokenize = sub.add_parser("tokenize", help="export each image's code indices from a trained checkpoint")
+    tokenize.add_argument("checkpoint", help="a runs/<run>/checkpoint_<time> directory")
+    tokenize.add_argument("--data", required=True, help="shards (directory, pattern or URLs)")
+    tokenize.add_argument("--out", required=True, help="output directory for tokens-NNNNNN.safetensors")
+    tokenize.add_argument("--batch-size", type=int, default=64)
+    tokenize.set_defaults(func=_cmd_tokenize)
 
     bench = sub.add_parser("bench", help="benchmarks (ratios against a baseline measured in the same run)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)

@@ -17,6 +17,16 @@ from omegaconf.errors import OmegaConfBaseException
 from vqct.config.schema import Config
 from vqct.errors import UserError
 
+def _product(*values):
+    """${mul:a,b,...} in recipes: the product of its arguments (e.g. the papers' lr rule)."""
+    result = 1.0
+    for value in values:
+        result *= float(value)
+    return result
+
+
+OmegaConf.register_new_resolver("mul", _product, replace=True)
+
 # Keys that steer a run without changing what is trained: left out of the config hash.
 _RUN_CONTROL_KEYS = ("trainer.resume", "trainer.run_name", "trainer.max_steps")
 
@@ -138,9 +148,13 @@ def load_recipe(recipe: str, overrides: Iterable[str] = ()) -> dict[str, Any]:
     """Compose RECIPE with OVERRIDES, validate against the schema, return a plain dict."""
     path = _locate(recipe)
     composed = _compose(path, list(overrides))
+    missing = sorted(OmegaConf.missing_keys(composed))
+    if missing:  # `???` in a recipe: a value the user must give (merging would hide it)
+        raise UserError(f"recipe {path.name} needs a value for {', '.join(missing)}: "
+                        f"pass it as an override, e.g. {missing[0]}=...")
     try:
         typed = OmegaConf.merge(OmegaConf.structured(Config), composed)
-        resolved = OmegaConf.to_container(typed, resolve=True)
+        resolved = OmegaConf.to_container(typed, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as exc:
         raise UserError(f"config error in recipe {path.name}: {_one_line(exc)}") from None
     resolved["recipe"] = resolved["recipe"] or path.stem

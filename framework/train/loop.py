@@ -104,7 +104,8 @@ class Worker:
         self.device = _device(cfg["trainer"]["use_gpu"])
         deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
         torch.manual_seed(cfg["seed"])  # identical initial weights on every rank
-        priors = load_priors(config["priors_dir"]) if config.get("priors_dir") else None
+        self.priors_dir = config.get("priors_dir")
+        priors = load_priors(self.priors_dir) if self.priors_dir else None
         self.gen, self.disc = build_engines(
             build_tokenizer(cfg, priors),
             PatchDiscriminator(cfg["model"]["in_channels"], cfg["loss"]["disc_channels"], cfg["loss"]["disc_layers"]),
@@ -149,7 +150,8 @@ class Worker:
         import ray.train
 
         state = {"step": self.step, "mlflow_run_id": self.run_id, "images_seen": self.images_seen,
-                 "train_seconds": self.train_seconds, "recipe": self.cfg["recipe"]}
+                 "train_seconds": self.train_seconds, "recipe": self.cfg["recipe"],
+                 "config": self.cfg, "priors_dir": self.priors_dir}
         with tempfile.TemporaryDirectory(prefix="vqct-ckpt-") as tmp:
             windows = {name: list(t.window) for name, t in self.usage.items()}
             save_checkpoint(Path(tmp), self.gen, self.disc, state, windows, self.rank)

@@ -1,0 +1,39 @@
+"""Load a trained tokenizer from a vqct checkpoint, outside of DeepSpeed and Ray.
+
+A checkpoint directory (`runs/<run>/checkpoint_<time>/`) holds the generator's DeepSpeed
+checkpoint and `vqct_state.json` with the resolved config and the priors path; DeepSpeed's
+own zero_to_fp32 consolidates the ZeRO shards into one fp32 state dict.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from vqct.errors import UserError
+from vqct.tokenizer.model import VQTokenizer, build_tokenizer
+from vqct.train.checkpoint import STATE_FILE, TAG
+
+
+def load_tokenizer(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[VQTokenizer, dict]:
+    """Returns (the tokenizer in eval mode, the run's resolved config)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    checkpoint = Path(checkpoint)
+    state_path = checkpoint / STATE_FILE
+    if not state_path.is_file():
+        raise UserError(f"{checkpoint}: not a vqct checkpoint (no {STATE_FILE}); give a "
+                        "runs/<run>/checkpoint_<time> directory")
+    state = json.loads(state_path.read_text())
+    cfg = state["config"]
+    priors = None
+    if cfg["quantizer"]["name"] == "vqct":
+        from vqct.text.priors import load_priors
+
+        priors = load_priors(state["priors_dir"])
+    model = build_tokenizer(cfg, priors)
+    weights = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint / "generator"), tag=TAG)
+    model.load_state_dict(weights)
+    return model.eval().to(device), cfg
