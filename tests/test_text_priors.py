@@ -121,3 +121,19 @@ def test_priors_build_command(tmp_path, shapes_dir):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["built"] and result["captions"] == 240
     assert result["adjectives_from_captions"] + result["adjectives_from_lexicon"] == 8
+
+
+def test_clip_text_tower_path_with_projection(tmp_path):
+    """The CLIP branch on a small randomly initialised CLIP text tower saved locally (no hub
+    weights here): checks the loading and pooling code, not CLIP's quality."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=2, projection_dim=16, max_position_embeddings=77)
+    CLIPTextModelWithProjection(config).save_pretrained(tmp_path)
+    TextEncoder("all-MiniLM-L6-v2").tokenizer.save_pretrained(tmp_path)
+    encoder = TextEncoder(str(tmp_path))
+    assert encoder.is_clip and encoder.sentence_dim == 16
+    out = encoder.encode(["a red circle", "a blue square above a circle"])
+    assert out["sentence"].shape == (2, 16) and out["tokens"].shape[2] == 32
+    assert encoder.token_embeddings.shape == (30522, 32)

@@ -55,7 +55,7 @@ def _init_single_process(use_gpu: bool) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
 
 
-def _measure(cfg: dict, images: torch.Tensor, steps: int, warmup: int) -> dict:
+def _measure(cfg: dict, images: torch.Tensor, steps: int, warmup: int, priors: dict | None) -> dict:
     from vqct.models.discriminator import PatchDiscriminator
     from vqct.tokenizer import build_tokenizer
     from vqct.train.engines import build_engines, compute_dtype
@@ -63,7 +63,7 @@ def _measure(cfg: dict, images: torch.Tensor, steps: int, warmup: int) -> dict:
 
     torch.manual_seed(cfg["seed"])
     gen, disc = build_engines(
-        build_tokenizer(cfg),
+        build_tokenizer(cfg, priors),
         PatchDiscriminator(cfg["model"]["in_channels"], cfg["loss"]["disc_channels"], cfg["loss"]["disc_layers"]),
         cfg,
     )
@@ -91,9 +91,12 @@ def _measure(cfg: dict, images: torch.Tensor, steps: int, warmup: int) -> dict:
     return result
 
 
-def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: int, warmup: int) -> dict:
+def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: int, warmup: int,
+               priors_dir: str | None = None) -> dict:
     from vqct.config import load_recipe
+    from vqct.text.priors import load_priors
 
+    priors = load_priors(priors_dir) if priors_dir else None
     results, cfg = {}, None
     for precision in precisions:
         cfg = load_recipe(recipe, [*overrides, f"trainer.precision={precision}", "loss.perceptual_weight=0"])
@@ -106,7 +109,11 @@ def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: 
             _init_single_process(use_gpu)
             images = _images(cfg["data"]["batch_size"], cfg["data"]["image_size"], cfg["seed"])
         print(f"bench step: {precision} ...", file=sys.stderr)
-        results[precision] = _measure(cfg, images, steps, warmup)
+        if cfg["quantizer"]["name"] == "vqct" and priors is None:
+            from vqct.errors import UserError
+
+            raise UserError("quantizer.name=vqct: pass --priors DIR (a priors cache, from vqct priors build)")
+        results[precision] = _measure(cfg, images, steps, warmup, priors)
     import torch.distributed as dist
 
     dist.destroy_process_group()

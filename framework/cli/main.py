@@ -61,7 +61,7 @@ def _cmd_bench_step(args: argparse.Namespace) -> dict:
         raise UserError("--precisions takes a comma-separated list of fp32 and bf16")
     if args.steps <= 0 or args.warmup < 0:
         raise UserError("--steps must be positive and --warmup not negative")
-    return bench_step(args.recipe, args.overrides, precisions, args.steps, args.warmup)
+    return bench_step(args.recipe, args.overrides, precisions, args.steps, args.warmup, args.priors)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--precisions", default="fp32,bf16", help="first one is the baseline")
     step.add_argument("--steps", type=int, default=20)
     step.add_argument("--warmup", type=int, default=3)
+    step.add_argument("--priors", help="priors cache directory, for vqct recipes")
     step.set_defaults(func=_cmd_bench_step)
     return parser
 
