@@ -2,6 +2,7 @@
 ZeRO engines on gloo -> MLflow sqlite store; then resume in the same MLflow run."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -151,3 +152,20 @@ def test_vqct_shapes_with_real_minilm_and_spacy(tmp_path, shapes_dir):
     assert indices.shape == (60, 8, 8, 3) and len(keys) == 60 and keys[0].startswith("val")
     assert 0 <= indices[..., :2].min() and indices[..., :2].max() < 32  # adjective codes
     assert 0 <= indices[..., 2].min() and indices[..., 2].max() < 32  # noun codes
+
+
+def test_lgvq_shapes_logs_each_language_loss(tmp_path, shapes_dir):
+    result, _ = _train(tmp_path, shapes_dir, "trainer.max_steps=8", "trainer.checkpoint_every=8",
+                       "loss.disc_start=100", "trainer.image_every=8", recipe="lgvq_shapes")
+    assert result["family"] == "lgvq" and result["steps"] == 8
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(result["tracking_uri"])
+    run = client.get_run(result["run_id"])
+    assert run.data.params["align.lgvq.enabled"] == "True"
+    for key in ("loss/gsa", "loss/mtp", "loss/ras"):
+        history = client.get_metric_history(result["run_id"], key)
+        assert [m.step for m in history] == [1, 5, 8], key
+        assert all(math.isfinite(m.value) and m.value > 0 for m in history), key
+    mtp = [m.value for m in client.get_metric_history(result["run_id"], "loss/mtp")]
+    assert mtp[-1] < mtp[0]  # the masked-word predictor learns

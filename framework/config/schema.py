@@ -65,6 +65,25 @@ class TextCfg:
 
 
 @dataclass
+class LGVQCfg:
+    enabled: bool = False
+    alpha: float = 1.0e-3  # global semantic alignment (InfoNCE)
+    beta: float = 1.0e-2  # masked text prediction
+    gamma: float = 1.0e-4  # relationship alignment
+    temperature: float = 0.07
+    width: int = 256  # visual-token encoder (LG-VQ: width 256, 2 layers, 1 head)
+    layers: int = 2
+    heads: int = 1
+    text_heads: int = 8  # heads of the 2 masked-text decoder layers (ours)
+    context_length: int = 30  # caption tokens
+
+
+@dataclass
+class AlignCfg:
+    lgvq: LGVQCfg = field(default_factory=LGVQCfg)
+
+
+@dataclass
 class LossCfg:
     rec_weight: float = 1.0  # L1
     perceptual_weight: float = 1.0  # LPIPS
@@ -124,6 +143,7 @@ class Config:
     model: ModelCfg = field(default_factory=ModelCfg)
     quantizer: QuantizerCfg = field(default_factory=QuantizerCfg)
     text: TextCfg = field(default_factory=TextCfg)
+    align: AlignCfg = field(default_factory=AlignCfg)
     loss: LossCfg = field(default_factory=LossCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
     trainer: TrainerCfg = field(default_factory=TrainerCfg)

@@ -89,7 +89,8 @@ class TextEncoder(torch.nn.Module):
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """{'tokens': (B, T, H) hidden states, 'mask': (B, T), 'ids': (B, T), 'sentence': (B, D)}."""
+        """{'tokens': (B, T, H) hidden states, 'mask': (B, T), 'ids': (B, T), 'sentence': (B, D),
+        'words': (B, T) bool, True on real word pieces (not padding or special tokens)}."""
         batch = self.tokenize(texts)
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         out = self.model(**inputs)
@@ -99,7 +100,10 @@ class TextEncoder(torch.nn.Module):
         else:
             weights = mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
             sentence = (out.last_hidden_state * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
-        return {"tokens": out.last_hidden_state, "mask": mask, "ids": batch["input_ids"], "sentence": sentence}
+        special = torch.tensor(self.tokenizer.all_special_ids, device=mask.device)
+        words = mask.bool() & ~torch.isin(batch["input_ids"], special)
+        return {"tokens": out.last_hidden_state, "mask": mask, "ids": batch["input_ids"], "sentence": sentence,
+                "words": words}
 
     @torch.no_grad()
     def embed_sentences(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:

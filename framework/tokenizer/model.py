@@ -20,10 +20,11 @@ class TokenizerOutput(NamedTuple):
     quant_loss: torch.Tensor  # scalar
     indices: torch.Tensor  # (B, h, w) code indices
     decoder_last_input: torch.Tensor  # input of decoder.conv_out, for the adaptive GAN weight
+    align_losses: dict  # name -> scalar, from the alignment heads when captions were given
 
 
 class VQTokenizer(nn.Module):
-    def __init__(self, model_cfg: dict, quantizer: nn.Module, image_size: int):
+    def __init__(self, model_cfg: dict, quantizer: nn.Module, image_size: int, align: nn.Module | None = None):
         super().__init__()
         arch = dict(ch=model_cfg["ch"], ch_mult=list(model_cfg["ch_mult"]),
                     num_res_blocks=model_cfg["num_res_blocks"],
@@ -36,6 +37,7 @@ class VQTokenizer(nn.Module):
         self.quant_conv = nn.Conv2d(model_cfg["z_channels"], quantizer.channels, 1)
         self.post_quant_conv = nn.Conv2d(quantizer.channels, model_cfg["z_channels"], 1)
         self.downsample = 2 ** (len(model_cfg["ch_mult"]) - 1)
+        self.align = align
 
     @property
     def last_layer(self) -> nn.Conv2d:
@@ -53,10 +55,12 @@ class VQTokenizer(nn.Module):
             h = up(h)
         return swish(dec.norm_out(h))
 
-    def forward(self, images: torch.Tensor) -> TokenizerOutput:
+    def forward(self, images: torch.Tensor, text: dict | None = None,
+                masked: torch.Tensor | None = None) -> TokenizerOutput:
         zq, quant_loss, indices = self.encode(images)
         last_input = self._decode_features(zq)
-        return TokenizerOutput(self.decoder.conv_out(last_input), quant_loss, indices, last_input)
+        align_losses = self.align(zq, text, masked) if self.align is not None and text is not None else {}
+        return TokenizerOutput(self.decoder.conv_out(last_input), quant_loss, indices, last_input, align_losses)
 
     @torch.no_grad()
     def tokenize(self, images: torch.Tensor) -> torch.Tensor:
@@ -81,6 +85,20 @@ def build_quantizer(cfg: dict, dim: int, priors: dict | None = None) -> nn.Modul
     raise ValueError(f"quantizer.name='{cfg['name']}' is not known (known: vq, vqct)")
 
 
-def build_tokenizer(cfg: dict, priors: dict | None = None) -> VQTokenizer:
+def build_align(cfg: dict, code_channels: int, text_encoder) -> nn.Module | None:
+    lgvq = cfg["align"]["lgvq"]
+    if not lgvq["enabled"]:
+        return None
+    if text_encoder is None:
+        raise ValueError("align.lgvq.enabled needs the text encoder")
+    from vqct.align.lgvq import LGVQHeads
+
+    side = cfg["data"]["image_size"] // 2 ** (len(cfg["model"]["ch_mult"]) - 1)
+    return LGVQHeads(code_channels, side * side, text_encoder.model.config.hidden_size,
+                     text_encoder.sentence_dim, text_encoder.token_embeddings, lgvq)
+
+
+def build_tokenizer(cfg: dict, priors: dict | None = None, text_encoder=None) -> VQTokenizer:
     quantizer = build_quantizer(cfg["quantizer"], cfg["model"]["embed_dim"], priors)
-    return VQTokenizer(cfg["model"], quantizer, cfg["data"]["image_size"])
+    align = build_align(cfg, quantizer.channels, text_encoder)
+    return VQTokenizer(cfg["model"], quantizer, cfg["data"]["image_size"], align)

@@ -106,8 +106,14 @@ class Worker:
         torch.manual_seed(cfg["seed"])  # identical initial weights on every rank
         self.priors_dir = config.get("priors_dir")
         priors = load_priors(self.priors_dir) if self.priors_dir else None
+        lgvq = cfg["align"]["lgvq"]
+        self.text_encoder = None
+        if lgvq["enabled"]:  # frozen, outside the engines; the same model the priors use
+            from vqct.text.encoders import TextEncoder
+
+            self.text_encoder = TextEncoder(cfg["text"]["model"], lgvq["context_length"], self.device)
         self.gen, self.disc = build_engines(
-            build_tokenizer(cfg, priors),
+            build_tokenizer(cfg, priors, self.text_encoder),
             PatchDiscriminator(cfg["model"]["in_channels"], cfg["loss"]["disc_channels"], cfg["loss"]["disc_layers"]),
             cfg,
         )
@@ -116,7 +122,7 @@ class Worker:
         loss = cfg["loss"]
         self.perceptual = (build_perceptual(loss["lpips_net"], loss["lpips_backbone"]).to(self.device)
                            if loss["perceptual_weight"] > 0 else None)
-        self.weights = LossWeights.from_cfg(loss)
+        self.weights = LossWeights.from_cfg(loss, cfg["align"])
         self.quantizer = self.gen.module.quantizer
         window = cfg["quantizer"]["usage_window"]
         self.usage = {name: CodebookUsage(size, window) for name, size in self.quantizer.groups.items()}
@@ -165,7 +171,9 @@ class Worker:
         for _ in range(accum):
             batch = next(batches)
             images = batch.images.to(self.device).to(self.dtype)
-            metrics, idx, _ = train_micro_step(self.gen, self.disc, self.perceptual, images, self.step, self.weights)
+            text, masked = self._captions(batch.captions)
+            metrics, idx, _ = train_micro_step(self.gen, self.disc, self.perceptual, images, self.step,
+                                               self.weights, text, masked)
             indices.append(idx)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v / accum
@@ -195,6 +203,15 @@ class Worker:
         out = {f"data/skipped_{k}": float(n) for k, n in zip(kinds, counts.tolist())}
         out["data/skipped_total"] = float(counts.sum())
         return out
+
+    def _captions(self, captions: list[str]):
+        """Frozen text features of the batch's captions and LG-VQ's masked positions."""
+        if self.text_encoder is None:
+            return None, None
+        from vqct.align.lgvq import choose_masked, mask_ratio
+
+        text = self.text_encoder.encode(captions)
+        return text, choose_masked(text["words"], mask_ratio())
 
     def evaluate(self, val_loader) -> dict:
         cfg = self.cfg

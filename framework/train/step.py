@@ -20,18 +20,22 @@ class LossWeights:
     disc: float
     disc_factor: float
     disc_start: int
+    align: dict = None  # alignment loss name -> weight (LG-VQ: gsa, mtp, ras)
 
     @classmethod
-    def from_cfg(cls, loss_cfg: dict) -> "LossWeights":
+    def from_cfg(cls, loss_cfg: dict, align_cfg: dict | None = None) -> "LossWeights":
+        lgvq = (align_cfg or {}).get("lgvq", {})
+        align = {"gsa": lgvq["alpha"], "mtp": lgvq["beta"], "ras": lgvq["gamma"]} if lgvq.get("enabled") else {}
         return cls(loss_cfg["rec_weight"], loss_cfg["perceptual_weight"], loss_cfg["codebook_weight"],
-                   loss_cfg["disc_weight"], loss_cfg["disc_factor"], loss_cfg["disc_start"])
+                   loss_cfg["disc_weight"], loss_cfg["disc_factor"], loss_cfg["disc_start"], align)
 
 
 def _weight_shape(param: torch.nn.Parameter) -> torch.Size:
     return getattr(param, "ds_shape", param.shape)  # ZeRO-3 keeps the full shape in ds_shape
 
 
-def generator_step(gen, disc, perceptual, images: torch.Tensor, step: int, w: LossWeights):
+def generator_step(gen, disc, perceptual, images: torch.Tensor, step: int, w: LossWeights,
+                   text: dict | None = None, masked: torch.Tensor | None = None):
     """Generator update. The image-space losses are taken on a detached copy of the
     reconstruction, and their gradient is pushed back through the generator with one
     surrogate backward: d(surrogate)/d(params) equals d(loss)/d(params) exactly.
@@ -41,7 +45,7 @@ def generator_step(gen, disc, perceptual, images: torch.Tensor, step: int, w: Lo
     backward hooks (a ZeRO reduction) before the real backward; on the detached copy it
     costs nothing extra and every loss is computed once.
     """
-    out = gen(images)
+    out = gen(images, text, masked) if text is not None else gen(images)
     leaf = out.reconstruction.detach().to(images.dtype).requires_grad_(True)
     x = images.float()
     rec_loss = (x - leaf.float()).abs().mean()
@@ -64,6 +68,10 @@ def generator_step(gen, disc, perceptual, images: torch.Tensor, step: int, w: Lo
         total = total + d_weight * w.disc_factor * g_loss.detach()
         metrics.update({"loss/g_adv": g_loss, "loss/d_weight": d_weight})
     surrogate = (out.reconstruction.float() * grad.float()).sum() + w.codebook * out.quant_loss
+    for name, value in out.align_losses.items():  # they reach the codes through the engine's graph
+        surrogate = surrogate + (w.align or {}).get(name, 0.0) * value
+        total = total + (w.align or {}).get(name, 0.0) * value.detach()
+        metrics[f"loss/{name}"] = value
     gen.backward(surrogate)
     gen.step()
     metrics["loss/total"] = total
@@ -81,9 +89,10 @@ def discriminator_step(disc, images: torch.Tensor, reconstruction: torch.Tensor,
     return {"loss/disc": d_loss, "disc/logits_real": logits_real.mean(), "disc/logits_fake": logits_fake.mean()}
 
 
-def train_micro_step(gen, disc, perceptual, images: torch.Tensor, step: int, w: LossWeights):
+def train_micro_step(gen, disc, perceptual, images: torch.Tensor, step: int, w: LossWeights,
+                     text: dict | None = None, masked: torch.Tensor | None = None):
     """Returns (float metrics, code indices of this micro-batch, reconstruction)."""
-    out, metrics = generator_step(gen, disc, perceptual, images, step, w)
+    out, metrics = generator_step(gen, disc, perceptual, images, step, w, text, masked)
     metrics.update(discriminator_step(disc, images, out.reconstruction, step, w))
     floats = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in metrics.items()}
     return floats, out.indices.detach(), out.reconstruction.detach()

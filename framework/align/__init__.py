@@ -1,0 +1,1 @@
+"""Language alignment heads that plug into any quantizer: LG-VQ (and, later, VQCT-VLT)."""
