@@ -181,3 +181,11 @@ def test_pipe_urls_are_read_through_webdataset(shapes_dir):
     urls = [f"pipe:cat {u}" for u in resolve_shards(str(shapes_dir / "val"))]
     stream = ImageCaptionStream(urls, image_size=16, shuffle_buffer=0, epochs=1)
     assert len(_keys(Loader(stream, batch_size=4, num_workers=0))) == 60
+
+
+def test_one_caption_at_random_when_a_sample_has_several():
+    from vqct.data.decode import decode_caption
+
+    seen = {decode_caption(b"a red circle\n a blue square \n\n") for _ in range(50)}
+    assert seen == {"a red circle", "a blue square"}
+    assert decode_caption(b"  one caption only ") == "one caption only"

@@ -74,7 +74,9 @@ def decode_caption(data: bytes) -> str:
         raise BadSample("bad_caption", "caption is not UTF-8") from None
     if not text:
         raise BadSample("missing_caption", "empty caption")
-    return text
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # Several captions, one per line (COCO, CUB): one at random each time the sample is read.
+    return random.choice(lines) if len(lines) > 1 else text
 
 
 def _first(sample: dict, exts: tuple[str, ...]) -> Optional[bytes]:
