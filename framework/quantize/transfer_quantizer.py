@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from vqct.kernels import gcn_aggregate, nearest_code, nearest_codes_topk, normalized_adjacency
 from vqct.quantize.usage import perplexity
+from vqct.quantize.vector_quantizer import vq_loss
 
 
 class GCNLayer(nn.Module):
@@ -47,12 +48,6 @@ class TransferNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
         return self.layer2(self.dropout(F.relu(self.layer1(x, adjacency))), adjacency)
-
-
-def _vq_loss(q: torch.Tensor, z: torch.Tensor, beta: float, legacy: bool) -> torch.Tensor:
-    codebook = F.mse_loss(q.float(), z.detach().float())
-    commit = F.mse_loss(z.float(), q.detach().float())
-    return beta * codebook + commit if legacy else codebook + beta * commit
 
 
 class TransferQuantizer(nn.Module):
@@ -100,7 +95,7 @@ class TransferQuantizer(nn.Module):
         noun_idx, _ = nearest_code(zn.detach(), noun_codes.detach(), self.lookup_memory_mb)
         qa = adj_codes[adj_idx].mean(dim=1).to(za.dtype)
         qn = noun_codes[noun_idx].to(zn.dtype)
-        loss = _vq_loss(qa, za, self.beta, self.legacy_beta) + _vq_loss(qn, zn, self.beta, self.legacy_beta)
+        loss = vq_loss(qa, za, self.beta, self.legacy_beta) + vq_loss(qn, zn, self.beta, self.legacy_beta)
         zq = torch.cat([za + (qa - za).detach(), zn + (qn - zn).detach()], dim=1)
         zq = zq.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
         indices = torch.cat([adj_idx, noun_idx.unsqueeze(1)], dim=1).reshape(b, h, w, self.topk + 1)

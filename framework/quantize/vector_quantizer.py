@@ -14,6 +14,15 @@ import torch.nn.functional as F
 from vqct.kernels import nearest_code
 
 
+def vq_loss(zq: torch.Tensor, z: torch.Tensor, beta: float, legacy_beta: bool = False) -> torch.Tensor:
+    """Codebook term ||sg[z] - z_q||^2 plus commitment ||z - sg[z_q]||^2, beta on one of them."""
+    codebook_term = F.mse_loss(zq.float(), z.detach().float())
+    commit_term = F.mse_loss(z.float(), zq.detach().float())
+    if legacy_beta:
+        return beta * codebook_term + commit_term
+    return codebook_term + beta * commit_term
+
+
 class VectorQuantizer(nn.Module):
     def __init__(self, codebook_size: int, dim: int, beta: float = 0.25,
                  legacy_beta: bool = False, lookup_memory_mb: float = 256.0):
@@ -34,12 +43,7 @@ class VectorQuantizer(nn.Module):
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)
         idx, _ = nearest_code(flat.detach(), self.codebook.detach(), self.lookup_memory_mb)
         zq = F.embedding(idx, self.codebook).to(flat.dtype)
-        codebook_term = F.mse_loss(zq.float(), flat.detach().float())
-        commit_term = F.mse_loss(flat.float(), zq.detach().float())
-        if self.legacy_beta:
-            loss = self.beta * codebook_term + commit_term
-        else:
-            loss = codebook_term + self.beta * commit_term
+        loss = vq_loss(zq, flat, self.beta, self.legacy_beta)
         zq = flat + (zq - flat).detach()  # straight-through: d z_q / d z = identity
         zq = zq.reshape(b, h, w, d).permute(0, 3, 1, 2).contiguous()
         return zq, loss, idx.reshape(b, h, w)
