@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO, vqct_cmd
 
@@ -169,3 +170,34 @@ def test_lgvq_shapes_logs_each_language_loss(tmp_path, shapes_dir):
         assert all(math.isfinite(m.value) and m.value > 0 for m in history), key
     mtp = [m.value for m in client.get_metric_history(result["run_id"], "loss/mtp")]
     assert mtp[-1] < mtp[0]  # the masked-word predictor learns
+
+    from vqct import load_tokenizer
+
+    model, cfg = load_tokenizer(result["checkpoint"])  # the alignment heads load with the model
+    assert cfg["align"]["lgvq"]["enabled"] and model.align is not None
+    images = torch.zeros(2, 3, 32, 32)
+    assert model.tokenize(images).shape == (2, 8, 8)
+
+
+def test_vqct_vlt_with_lgvq_then_caption_from_codes(tmp_path, shapes_dir):
+    result, _ = _train(tmp_path, shapes_dir, "trainer.max_steps=8", "trainer.checkpoint_every=8",
+                       "loss.disc_start=100", "trainer.image_every=8", f"text.priors_dir={tmp_path}/priors",
+                       "text.adjectives=16", "text.nouns=16", "align.lgvq.enabled=true", recipe="vqct_vlt_shapes")
+    assert result["family"] == "vqct_vlt" and result["codebook_usage_adj"] > 0
+    from mlflow.tracking import MlflowClient
+
+    metrics = MlflowClient(result["tracking_uri"]).get_run(result["run_id"]).data.metrics
+    for key in ("loss/vlt_caption", "loss/vlt_align", "loss/gsa", "loss/mtp", "loss/ras"):
+        assert key in metrics and math.isfinite(metrics[key]), key
+
+    image = tmp_path / "scene.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    proc = subprocess.run(vqct_cmd() + ["caption", result["checkpoint"], str(image), "--max-length", "12"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    captions = json.loads(proc.stdout.strip().splitlines()[-1])["captions"]
+    assert len(captions) == 1 and captions[0]["image"] == str(image)
+    assert isinstance(captions[0]["caption"], str)  # 8 steps: any words, but decoded from the codes

@@ -53,6 +53,12 @@ def _cmd_tokenize(args: argparse.Namespace) -> dict:
     return export_tokens(args.checkpoint, args.data, args.out, args.batch_size)
 
 
+def _cmd_caption(args: argparse.Namespace) -> dict:
+    from vqct.tokenizer.caption import caption_images
+
+    return caption_images(args.checkpoint, args.images, args.max_length)
+
+
 def _cmd_bench_step(args: argparse.Namespace) -> dict:
     from vqct.bench.train_step import bench_step
 
@@ -98,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--out", required=True, help="output directory for tokens-NNNNNN.safetensors")
     tokenize.add_argument("--batch-size", type=int, default=64)
     tokenize.set_defaults(func=_cmd_tokenize)
+
+    caption = sub.add_parser("caption", help="greedy captions from a VQCT-VLT checkpoint's codes")
+    caption.add_argument("checkpoint", help="a runs/<run>/checkpoint_<time> directory")
+    caption.add_argument("images", nargs="+")
+    caption.add_argument("--max-length", type=int, default=30)
+    caption.set_defaults(func=_cmd_caption)
 
     bench = sub.add_parser("bench", help="benchmarks (ratios against a baseline measured in the same run)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)

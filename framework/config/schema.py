@@ -79,8 +79,21 @@ class LGVQCfg:
 
 
 @dataclass
+class VLTCfg:
+    enabled: bool = False  # VQCT-VLT's vision-to-language translation (our design)
+    caption_weight: float = 1.0e-2  # caption generation from the codes (teacher forcing)
+    align_weight: float = 1.0e-3  # contrastive alignment with the sentence embedding
+    temperature: float = 0.07
+    width: int = 256
+    layers: int = 2
+    heads: int = 4
+    context_length: int = 30
+
+
+@dataclass
 class AlignCfg:
     lgvq: LGVQCfg = field(default_factory=LGVQCfg)
+    vlt: VLTCfg = field(default_factory=VLTCfg)
 
 
 @dataclass

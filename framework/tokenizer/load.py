@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from vqct.align.heads import context_length
+from vqct.align.heads import enabled as align_enabled
 from vqct.errors import UserError
 from vqct.tokenizer.model import VQTokenizer, build_tokenizer
 from vqct.train.checkpoint import STATE_FILE, TAG
@@ -33,7 +35,12 @@ def load_tokenizer(checkpoint: str | Path, device: str | torch.device = "cpu") -
         from vqct.text.priors import load_priors
 
         priors = load_priors(state["priors_dir"])
-    model = build_tokenizer(cfg, priors)
+    text_encoder = None
+    if align_enabled(cfg):
+        from vqct.text.encoders import TextEncoder
+
+        text_encoder = TextEncoder(cfg["text"]["model"], context_length(cfg))
+    model = build_tokenizer(cfg, priors, text_encoder)
     weights = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint / "generator"), tag=TAG)
     model.load_state_dict(weights)
     return model.eval().to(device), cfg

@@ -85,20 +85,9 @@ def build_quantizer(cfg: dict, dim: int, priors: dict | None = None) -> nn.Modul
     raise ValueError(f"quantizer.name='{cfg['name']}' is not known (known: vq, vqct)")
 
 
-def build_align(cfg: dict, code_channels: int, text_encoder) -> nn.Module | None:
-    lgvq = cfg["align"]["lgvq"]
-    if not lgvq["enabled"]:
-        return None
-    if text_encoder is None:
-        raise ValueError("align.lgvq.enabled needs the text encoder")
-    from vqct.align.lgvq import LGVQHeads
-
-    side = cfg["data"]["image_size"] // 2 ** (len(cfg["model"]["ch_mult"]) - 1)
-    return LGVQHeads(code_channels, side * side, text_encoder.model.config.hidden_size,
-                     text_encoder.sentence_dim, text_encoder.token_embeddings, lgvq)
-
-
 def build_tokenizer(cfg: dict, priors: dict | None = None, text_encoder=None) -> VQTokenizer:
     quantizer = build_quantizer(cfg["quantizer"], cfg["model"]["embed_dim"], priors)
+    from vqct.align.heads import build_align
+
     align = build_align(cfg, quantizer.channels, text_encoder)
     return VQTokenizer(cfg["model"], quantizer, cfg["data"]["image_size"], align)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from vqct.align.heads import context_length
+from vqct.align.heads import enabled as align_enabled
 from vqct.data.loader import make_loader
 from vqct.eval.reconstruction import evaluate_reconstruction, to_unit
 from vqct.models.discriminator import PatchDiscriminator
@@ -106,12 +108,11 @@ class Worker:
         torch.manual_seed(cfg["seed"])  # identical initial weights on every rank
         self.priors_dir = config.get("priors_dir")
         priors = load_priors(self.priors_dir) if self.priors_dir else None
-        lgvq = cfg["align"]["lgvq"]
         self.text_encoder = None
-        if lgvq["enabled"]:  # frozen, outside the engines; the same model the priors use
+        if align_enabled(cfg):  # frozen, outside the engines; the same model the priors use
             from vqct.text.encoders import TextEncoder
 
-            self.text_encoder = TextEncoder(cfg["text"]["model"], lgvq["context_length"], self.device)
+            self.text_encoder = TextEncoder(cfg["text"]["model"], context_length(cfg), self.device)
         self.gen, self.disc = build_engines(
             build_tokenizer(cfg, priors, self.text_encoder),
             PatchDiscriminator(cfg["model"]["in_channels"], cfg["loss"]["disc_channels"], cfg["loss"]["disc_layers"]),

@@ -20,12 +20,14 @@ class LossWeights:
     disc: float
     disc_factor: float
     disc_start: int
-    align: dict = None  # alignment loss name -> weight (LG-VQ: gsa, mtp, ras)
+    align: dict = None  # alignment loss name -> weight (LG-VQ: gsa, mtp, ras; VLT: vlt_caption, vlt_align)
 
     @classmethod
     def from_cfg(cls, loss_cfg: dict, align_cfg: dict | None = None) -> "LossWeights":
-        lgvq = (align_cfg or {}).get("lgvq", {})
+        lgvq, vlt = (align_cfg or {}).get("lgvq", {}), (align_cfg or {}).get("vlt", {})
         align = {"gsa": lgvq["alpha"], "mtp": lgvq["beta"], "ras": lgvq["gamma"]} if lgvq.get("enabled") else {}
+        if vlt.get("enabled"):
+            align.update({"vlt_caption": vlt["caption_weight"], "vlt_align": vlt["align_weight"]})
         return cls(loss_cfg["rec_weight"], loss_cfg["perceptual_weight"], loss_cfg["codebook_weight"],
                    loss_cfg["disc_weight"], loss_cfg["disc_factor"], loss_cfg["disc_start"], align)
 

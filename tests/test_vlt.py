@@ -1,0 +1,59 @@
+"""The vision-to-language translation module (our VQCT-VLT design)."""
+
+import torch
+
+from vqct.align.vlt import VisionToLanguage
+
+CFG = {"width": 16, "layers": 1, "heads": 2, "context_length": 10, "temperature": 0.1}
+
+
+def _module():
+    torch.manual_seed(0)
+    return VisionToLanguage(code_channels=8, num_tokens=4, text_width=12, sentence_width=6,
+                            token_embeddings=torch.randn(40, 12), cfg=CFG).eval()
+
+
+def _text():
+    ids = torch.tensor([[1, 5, 6, 7, 2, 0], [1, 9, 2, 0, 0, 0]])
+    return {"ids": ids, "mask": (ids != 0).long(), "sentence": torch.randn(2, 6)}
+
+
+def test_caption_logits_are_causal():
+    vlt, codes = _module(), torch.randn(2, 8, 2, 2)
+    memory = vlt.encode_codes(codes)
+    ids = _text()["ids"]
+    before = vlt.logits(memory, ids)
+    changed = ids.clone()
+    changed[:, 4] = 11
+    after = vlt.logits(memory, changed)
+    torch.testing.assert_close(before[:, :4], after[:, :4])  # positions 0-3 never see token 4
+    assert not torch.allclose(before[:, 4], after[:, 4])
+
+
+def test_losses_are_finite_and_train_the_codes_not_the_vocabulary():
+    vlt = _module().train()
+    codes = torch.randn(2, 8, 2, 2, requires_grad=True)
+    losses = vlt(codes, _text())
+    assert set(losses) == {"vlt_caption", "vlt_align"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert codes.grad.abs().sum() > 0
+    assert "vocab_embeddings" not in dict(vlt.named_parameters())
+
+
+def test_padding_positions_do_not_count_in_the_caption_loss():
+    vlt, codes = _module(), torch.randn(2, 8, 2, 2)
+    text = _text()
+    base = vlt(codes, text)["vlt_caption"]
+    text["ids"] = text["ids"].masked_fill(text["mask"] == 0, 33)  # other ids under the padding
+    assert torch.allclose(vlt(codes, text)["vlt_caption"], base)
+
+
+def test_greedy_generation_starts_and_stops():
+    vlt, codes = _module(), torch.randn(3, 8, 2, 2)
+    ids = vlt.generate(codes, start_id=1, end_id=2, max_length=7)
+    assert ids.shape[0] == 3 and 2 <= ids.shape[1] <= 7 and (ids[:, 0] == 1).all()
+    for row in ids.tolist():  # once ended, it stays ended
+        if 2 in row[1:]:
+            first = row.index(2, 1)
+            assert all(t == 2 for t in row[first:])
