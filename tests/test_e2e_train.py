@@ -201,3 +201,17 @@ def test_vqct_vlt_with_lgvq_then_caption_from_codes(tmp_path, shapes_dir):
     captions = json.loads(proc.stdout.strip().splitlines()[-1])["captions"]
     assert len(captions) == 1 and captions[0]["image"] == str(image)
     assert isinstance(captions[0]["caption"], str)  # 8 steps: any words, but decoded from the codes
+
+
+def test_vqct_vlt_laion_recipe_runs_shrunk_on_cpu(tmp_path, shapes_dir):
+    """The headline recipe, unchanged but for overrides: tiny model, MiniLM, CPU, shapes."""
+    result, _ = _train(tmp_path, shapes_dir, "model=tiny", "data.image_size=32", "model.embed_dim=32",
+                       "quantizer.code_dim=16", "quantizer.gcn_hidden=32", "text.model=all-MiniLM-L6-v2",
+                       "text.adjectives=16", "text.nouns=16", f"text.priors_dir={tmp_path}/priors",
+                       "align.vlt.width=64", "align.vlt.heads=2", "loss.perceptual_weight=0",
+                       "trainer.use_gpu=false", "trainer.precision=fp32", "trainer.num_workers=2",
+                       "data.num_workers=1", "data.random_crop=false", "data.shuffle_buffer=64",
+                       "trainer.max_steps=4", "trainer.checkpoint_every=4", "trainer.image_every=4",
+                       "optim.warmup_steps=0", recipe="vqct_vlt_laion")
+    assert result["recipe"] == "vqct_vlt_laion" and result["family"] == "vqct_vlt" and result["steps"] == 4
+    assert result["codebook_usage_adj"] > 0 and result["codebook_usage_noun"] > 0
