@@ -16,12 +16,6 @@ import time
 import torch
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
-
-
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -123,7 +117,7 @@ def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: 
     device = torch.device("cuda" if torch.cuda.is_available() and cfg["trainer"]["use_gpu"] else "cpu")
     return {
         "bench": "step",
-        "device": _device_name(device) if device.type == "cuda" else _cpu_model(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
         "recipe": cfg["recipe"],
         "model": cfg["model"]["preset"],
         "image_size": cfg["data"]["image_size"],

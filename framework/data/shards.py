@@ -54,7 +54,8 @@ def resolve_shards(spec: Any, what: str = "data.train_shards") -> list[str]:
     if missing:
         print(f"warning: {what}: {len(missing)} of {len(urls)} shards are missing and are "
               f"skipped (first: {missing[0]})", file=sys.stderr)
-        urls = [u for u in urls if u not in set(missing)]
+        absent = set(missing)
+        urls = [u for u in urls if u not in absent]
     return urls
 
 
