@@ -90,3 +90,15 @@ def test_paper_recipe_without_shards_names_the_missing_keys():
 
 def test_vqct_width_mismatch():
     _assert_user_error(_run(["train", "vqct_shapes", "quantizer.code_dim=8"]), "2 x quantizer.code_dim=8")
+
+
+def test_eval_of_something_that_is_not_a_checkpoint(tmp_path):
+    _assert_user_error(_run(["eval", "not-a-run", "--data", str(tmp_path)]),
+                       "neither a checkpoint directory nor an MLflow run id")
+    _assert_user_error(_run(["eval", str(tmp_path), "--data", str(tmp_path)]), "not a vqct checkpoint")
+
+
+def test_eval_of_an_unknown_run_id(tmp_path):
+    proc = _run(["eval", "0" * 32, "--data", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    _assert_user_error(proc, f"MLflow run {'0' * 32}: no tracking store at")
+    assert not (tmp_path / "m.db").exists()  # looking never creates a store

@@ -202,6 +202,24 @@ def test_vqct_vlt_with_lgvq_then_caption_from_codes(tmp_path, shapes_dir):
     assert len(captions) == 1 and captions[0]["image"] == str(image)
     assert isinstance(captions[0]["caption"], str)  # 8 steps: any words, but decoded from the codes
 
+    # vqct eval by MLflow run id: the run's checkpoint tag leads to the checkpoint.
+    proc = subprocess.run(vqct_cmd() + ["eval", result["run_id"], "--data", f"{shapes_dir}/val",
+                                        "--tracking-uri", result["tracking_uri"], "--batch-size", "16",
+                                        "--inception-weights", str(tmp_path / "no-inception.pth")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ev = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert ev["checkpoint"] == result["checkpoint"] and ev["samples"] == 60
+    assert ev["retrieval_head"] == "vlt" and 0 <= ev["retrieval_r1"] <= ev["retrieval_r5"] <= 1
+    assert ev["retrieval_r1_chance"] == pytest.approx(1 / ev["retrieval_candidates"])
+    assert ev["masked_words"] > 60 and 0 <= ev["masked_word_r1"] <= 1  # LG-VQ heads are on too
+    assert ev["rfid"] == f"skipped: no Inception weights at {tmp_path / 'no-inception.pth'}"
+    assert ev["psnr"] > 5 and 0 < ev["codebook_usage"] <= 1 and math.isfinite(ev["code_word_mse"])
+    logged = MlflowClient(result["tracking_uri"]).get_run(result["run_id"]).data.metrics
+    assert logged["eval/retrieval_r1"] == pytest.approx(ev["retrieval_r1"])
+    assert logged["eval/samples"] == 60
+
 
 def test_vqct_vlt_laion_recipe_runs_shrunk_on_cpu(tmp_path, shapes_dir):
     """The headline recipe, unchanged but for overrides: tiny model, MiniLM, CPU, shapes."""

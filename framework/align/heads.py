@@ -27,7 +27,7 @@ def enabled(cfg: dict) -> bool:
 
 def context_length(cfg: dict) -> int:
     """Caption tokens the text encoder keeps: the longest any enabled head wants."""
-    lengths = [head["context_length"] for head in cfg["align"].values() if head.get("enabled")]
+    lengths = [head["context_length"] for head in cfg.get("align", {}).values() if head.get("enabled")]
     return max(lengths, default=30)
 
 

@@ -63,11 +63,12 @@ class MaskedTextPredictor(nn.Module):
 
     def forward(self, tokens: torch.Tensor, pad: torch.Tensor, masked: torch.Tensor, z_vt: torch.Tensor,
                 vocab_embeddings: torch.Tensor, vocab_bias: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, vocabulary) of every position."""
+        """Logits (masked positions, vocabulary), in the row-major order of MASKED. Only the masked
+        positions meet the vocabulary: the (B*T, 30k+) product is most of the head's cost."""
         length = tokens.shape[1]
         slots = self.mask_tokens[:length].unsqueeze(0).to(tokens.dtype)
         x = torch.where(masked.unsqueeze(-1), slots, tokens)
-        h = self.head(self.decoder(x, z_vt, tgt_key_padding_mask=pad))
+        h = self.head(self.decoder(x, z_vt, tgt_key_padding_mask=pad))[masked]
         return h.float() @ vocab_embeddings.float().t() + vocab_bias.float()
 
 
@@ -109,7 +110,7 @@ class LGVQHeads(nn.Module):
         tokens, valid = text["tokens"].to(z_vt.dtype), text["mask"].bool()
         losses = {"gsa": gsa_loss(self.to_sentence(z_vt[:, 0]), text["sentence"], self.temperature)}
         logits = self.predictor(tokens, ~valid, masked, z_vt, self.vocab_embeddings, self.vocab_bias)
-        losses["mtp"] = F.cross_entropy(logits[masked], text["ids"][masked], label_smoothing=0.1)
+        losses["mtp"] = F.cross_entropy(logits, text["ids"][masked], label_smoothing=0.1)
         words = valid & text["words"]
         code_tokens = self.code_proj(codes.flatten(2).transpose(1, 2))
         losses["ras"] = ras_loss(code_tokens, z_vt[:, 1:], tokens, words)

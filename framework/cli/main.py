@@ -59,6 +59,15 @@ def _cmd_caption(args: argparse.Namespace) -> dict:
     return caption_images(args.checkpoint, args.images, args.max_length)
 
 
+def _cmd_eval(args: argparse.Namespace) -> dict:
+    from vqct.eval.evaluate import evaluate
+
+    if args.batch_size <= 0 or (args.max_samples is not None and args.max_samples <= 0):
+        raise UserError("--batch-size and --max-samples must be positive numbers")
+    return evaluate(args.target, args.data, args.batch_size, args.max_samples, args.inception_weights,
+                    args.tracking_uri)
+
+
 def _cmd_bench_step(args: argparse.Namespace) -> dict:
     from vqct.bench.train_step import bench_step
 
@@ -110,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("images", nargs="+")
     caption.add_argument("--max-length", type=int, default=30)
     caption.set_defaults(func=_cmd_caption)
+
+    evaluate = sub.add_parser("eval", help="reconstruction, codebook usage and text alignment of a checkpoint")
+    evaluate.add_argument("target", help="runs/<run>/checkpoint_<time>, runs/<run>, or an MLflow run id")
+    evaluate.add_argument("--data", required=True, help="held-out shards (directory, pattern or URLs)")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--max-samples", type=int, help="stop after this many samples (default: all)")
+    evaluate.add_argument("--inception-weights", help="torch-fidelity's Inception-v3 weights, for rFID "
+                          "(default: $VQCT_INCEPTION_WEIGHTS or the torch hub cache)")
+    evaluate.add_argument("--tracking-uri", help="MLflow store of RUN_ID (default: $MLFLOW_TRACKING_URI "
+                          "or sqlite:///mlflow.db)")
+    evaluate.set_defaults(func=_cmd_eval)
 
     bench = sub.add_parser("bench", help="benchmarks (ratios against a baseline measured in the same run)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)

@@ -16,7 +16,7 @@ from vqct.errors import TrainingFailed, UserError
 from vqct.data.shards import check_reader_count, resolve_shards
 from vqct.launch.ray_connect import connect
 from vqct.launch.runs import choose_run, write_run
-from vqct.tracking.mlflow_run import absolute_uri, close_run, log_config_copy, open_run, worker_env
+from vqct.tracking.mlflow_run import absolute_uri, close_run, log_config_copy, open_run, tag_checkpoint, worker_env
 
 
 def _worker_env(cfg: dict) -> dict[str, str]:
@@ -111,6 +111,8 @@ def _fit(cfg: dict, train_urls, val_urls, storage: Path, run_name: str, previous
         raise TrainingFailed(f"training run {run_name} failed: {_worker_errors(exc)}; "
                              f"resume with trainer.resume=true trainer.run_name={run_name}") from exc
     close_run(uri, run_id, "FINISHED")
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    tag_checkpoint(uri, run_id, checkpoint)
     m = result.metrics or {}
     return {
         "run_id": run_id,
@@ -126,6 +128,6 @@ def _fit(cfg: dict, train_urls, val_urls, storage: Path, run_name: str, previous
         "perplexity": m.get("perplexity"),
         "images_per_s": m.get("images_per_s"),
         "rec_l1": m.get("rec_l1"),
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "checkpoint": checkpoint,
         "tracking_uri": uri,
     }

@@ -19,24 +19,30 @@ from vqct.tokenizer.model import VQTokenizer, build_tokenizer
 from vqct.train.checkpoint import STATE_FILE, TAG
 
 
-def load_tokenizer(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[VQTokenizer, dict]:
-    """Returns (the tokenizer in eval mode, the run's resolved config)."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    checkpoint = Path(checkpoint)
-    state_path = checkpoint / STATE_FILE
+def read_state(checkpoint: str | Path) -> dict:
+    """The checkpoint's `vqct_state.json`: {'config': resolved config, 'priors_dir': ...}."""
+    state_path = Path(checkpoint) / STATE_FILE
     if not state_path.is_file():
         raise UserError(f"{checkpoint}: not a vqct checkpoint (no {STATE_FILE}); give a "
                         "runs/<run>/checkpoint_<time> directory")
-    state = json.loads(state_path.read_text())
+    return json.loads(state_path.read_text())
+
+
+def load_tokenizer(checkpoint: str | Path, device: str | torch.device = "cpu",
+                   text_encoder=None) -> tuple[VQTokenizer, dict]:
+    """Returns (the tokenizer in eval mode, the run's resolved config). TEXT_ENCODER: reuse
+    one the caller already loaded for this run's text model instead of loading it again."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    checkpoint = Path(checkpoint)
+    state = read_state(checkpoint)
     cfg = state["config"]
     priors = None
     if cfg["quantizer"]["name"] == "vqct":
         from vqct.text.priors import load_priors
 
         priors = load_priors(state["priors_dir"])
-    text_encoder = None
-    if align_enabled(cfg):
+    if text_encoder is None and align_enabled(cfg):
         from vqct.text.encoders import TextEncoder
 
         text_encoder = TextEncoder(cfg["text"]["model"], context_length(cfg))

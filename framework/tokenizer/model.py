@@ -66,9 +66,12 @@ class VQTokenizer(nn.Module):
     def tokenize(self, images: torch.Tensor) -> torch.Tensor:
         return self.encode(images)[2]
 
+    def decode(self, zq: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(zq))
+
     @torch.no_grad()
     def detokenize(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(self.quantizer.lookup(indices)))
+        return self.decode(self.quantizer.lookup(indices))
 
 
 def build_quantizer(cfg: dict, dim: int, priors: dict | None = None) -> nn.Module:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from vqct.config.compose import config_hash, flatten, to_yaml
 
+CHECKPOINT_TAG = "vqct.checkpoint"
 _PARAM_MAX = 6000  # MLflow's limit on a param value's length
 
 
@@ -87,6 +88,18 @@ def close_run(uri: str, run_id: str, status: str) -> None:
         MlflowClient(tracking_uri=uri).set_terminated(run_id, status=status)
     except Exception as exc:  # tracking must never turn a finished training into a failure
         print(f"warning: could not mark MLflow run {run_id} {status}: {exc}", file=sys.stderr)
+
+
+def tag_checkpoint(uri: str, run_id: str, path: str | None) -> None:
+    """Record the run's final checkpoint, so that `vqct eval RUN_ID` finds it."""
+    if not path:
+        return
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri).set_tag(run_id, CHECKPOINT_TAG, path)
+    except Exception as exc:
+        print(f"warning: could not tag MLflow run {run_id} with its checkpoint: {exc}", file=sys.stderr)
 
 
 def log_config_copy(uri: str, run_id: str, cfg: dict, name: str) -> None:

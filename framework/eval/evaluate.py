@@ -1,0 +1,243 @@
+"""`vqct eval CHECKPOINT|RUN_ID --data SHARDS`: one pass over held-out image-caption pairs.
+
+Measures reconstruction (PSNR, SSIM, L1, rFID when Inception weights are on disk), codebook
+usage, and the text alignment of the codes (vqct.eval.alignment): retrieval and masked-word
+recall for the models whose heads give them, code-word similarity MSE for every model.
+Results go to the training run in MLflow (prefix `eval/`) and out as one JSON object.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torchmetrics import MeanAbsoluteError
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from vqct.errors import UserError
+from vqct.eval import alignment
+from vqct.eval.fid import ReconstructionFID
+from vqct.eval.reconstruction import to_unit
+from vqct.quantize import perplexity
+
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class Target:
+    checkpoint: Path
+    run_id: str | None = None
+    tracking_uri: str | None = None
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    return max((p for p in run_dir.glob("checkpoint_*") if p.is_dir()), key=lambda p: p.name, default=None)
+
+
+def resolve_target(target: str, tracking_uri: str | None) -> Target:
+    """A checkpoint directory, a run directory (its latest checkpoint) or an MLflow run id."""
+    from vqct.launch.runs import RUN_FILE, read_run
+
+    path = Path(target).expanduser()
+    if path.is_dir():
+        if (path / RUN_FILE).is_file():
+            latest = _latest_checkpoint(path)
+            if latest is None:
+                raise UserError(f"{target}: this run has no checkpoint yet")
+            path = latest
+        run_dir = path.parent
+        run = read_run(run_dir) if (run_dir / RUN_FILE).is_file() else {}
+        return Target(path.resolve(), run.get("mlflow_run_id"), run.get("tracking_uri"))
+    if not _RUN_ID.match(target):
+        raise UserError(f"{target}: neither a checkpoint directory nor an MLflow run id "
+                        "(give runs/<run>/checkpoint_<time>, runs/<run>, or a 32-hex run id)")
+    return _target_from_run(target, tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+
+
+def _target_from_run(run_id: str, uri: str) -> Target:
+    from mlflow.tracking import MlflowClient
+
+    from vqct.tracking.mlflow_run import CHECKPOINT_TAG, absolute_uri
+
+    uri = absolute_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise UserError(f"MLflow run {run_id}: no tracking store at {uri}; pass --tracking-uri "
+                        "or a checkpoint directory")
+    try:
+        run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    except Exception as exc:
+        raise UserError(f"MLflow run {run_id} not found at {uri} ({type(exc).__name__}); pass "
+                        "--tracking-uri or a checkpoint directory") from None
+    checkpoint = run.data.tags.get(CHECKPOINT_TAG)
+    if not checkpoint:  # runs stopped early: the newest checkpoint in their run directory
+        storage, name = run.data.params.get("trainer.storage_path"), run.data.tags.get("vqct.run_name")
+        latest = _latest_checkpoint(Path(storage) / name) if storage and name else None
+        checkpoint = str(latest) if latest else None
+    if not checkpoint or not Path(checkpoint).is_dir():
+        raise UserError(f"MLflow run {run_id}: its checkpoint ({checkpoint}) is not on this machine; "
+                        "pass the checkpoint directory instead")
+    return Target(Path(checkpoint), run_id, uri)
+
+
+@dataclass
+class Collected:
+    """What one pass gathers, per sample or summed."""
+    captions: list[str] = field(default_factory=list)
+    code_means: list[torch.Tensor] = field(default_factory=list)
+    word_means: list[torch.Tensor] = field(default_factory=list)
+    global_emb: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    counts: dict[str, torch.Tensor] = field(default_factory=dict)
+    masked_hits: list[int] = field(default_factory=lambda: [0, 0, 0])  # image, shuffled image, total
+    ras_sum: float = 0.0
+
+
+class Evaluator:
+    def __init__(self, model, text_encoder, device, inception_weights: str | None):
+        self.model, self.text, self.device = model, text_encoder, device
+        self.psnr = PeakSignalNoiseRatio(data_range=1.0).to(device)
+        self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0).to(device)
+        self.l1 = MeanAbsoluteError().to(device)
+        self.fid = ReconstructionFID(inception_weights, device)
+        self.got = Collected()
+        align = model.align
+        self.lgvq = align.lgvq if align is not None else None
+        self.vlt = align.vlt if align is not None else None
+
+    @torch.no_grad()
+    def update(self, images: torch.Tensor, captions: list[str]) -> None:
+        images = images.to(self.device)
+        zq, _, indices = self.model.encode(images)
+        recon = self.model.decode(zq)
+        real, fake = to_unit(images), to_unit(recon)
+        self.psnr.update(fake, real)
+        self.ssim.update(fake, real)
+        self.l1.update(recon.float(), images.float())
+        self.fid.update(real, fake)
+        for name, counts in self.model.quantizer.code_counts(indices).items():
+            self.got.counts[name] = self.got.counts.get(name, 0) + counts.cpu()
+        text = self.text.encode(captions)
+        words = text["words"] & text["mask"].bool()
+        self.got.captions.extend(captions)
+        self.got.code_means.append(zq.float().mean((2, 3)).cpu())
+        self.got.word_means.append(alignment.mean_word_embedding(text["tokens"].float(), words).cpu())
+        if self.lgvq is not None:
+            self._update_lgvq(zq, text, words)
+        if self.vlt is not None:
+            memory = self.vlt.encode_codes(zq)
+            self.got.global_emb.setdefault("vlt", []).append(self.vlt.to_sentence(memory.mean(1)).float().cpu())
+
+    def _update_lgvq(self, zq: torch.Tensor, text: dict, words: torch.Tensor) -> None:
+        from vqct.align.lgvq import ras_loss
+
+        lgvq, got = self.lgvq, self.got
+        z_vt = lgvq.visual(zq)
+        got.global_emb.setdefault("lgvq", []).append(lgvq.to_sentence(z_vt[:, 0]).float().cpu())
+        hits, total = alignment.masked_word_hits(lgvq, z_vt, text)
+        # Control: another image's visual tokens. The caption's own context alone gets this far.
+        shuffled, _ = alignment.masked_word_hits(lgvq, z_vt.roll(1, 0), text)
+        got.masked_hits = [got.masked_hits[0] + hits, got.masked_hits[1] + shuffled, got.masked_hits[2] + total]
+        code_tokens = lgvq.code_proj(zq.flatten(2).transpose(1, 2))
+        got.ras_sum += float(ras_loss(code_tokens, z_vt[:, 1:], text["tokens"], words)) * zq.shape[0]
+
+    def results(self) -> dict:
+        got, n = self.got, len(self.got.captions)
+        out = {"samples": n, "psnr": float(self.psnr.compute()), "ssim": float(self.ssim.compute()),
+               "l1": float(self.l1.compute()), "rfid": self.fid.compute()}
+        out.update(self._usage())
+        out["code_word_mse"] = alignment.similarity_mse(torch.cat(got.code_means), torch.cat(got.word_means))
+        out.update(self._retrieval())
+        hits, shuffled, total = got.masked_hits
+        out["masked_word_r1"] = hits / total if total else None
+        out["masked_word_r1_shuffled_images"] = shuffled / total if total else None
+        out["masked_words"] = total if self.lgvq is not None else None
+        out["lgvq_ras_mse"] = got.ras_sum / n if self.lgvq is not None and n else None
+        return out
+
+    def _usage(self) -> dict:
+        counts = self.got.counts
+        used = sum(int((c > 0).sum()) for c in counts.values())
+        out = {"codebook_usage": used / max(1, sum(c.numel() for c in counts.values()))}
+        if list(counts) == ["codes"]:
+            out["perplexity"] = perplexity(counts["codes"])
+            return out
+        for name, c in counts.items():
+            out[f"codebook_usage_{name}"] = float((c > 0).float().mean())
+            out[f"perplexity_{name}"] = perplexity(c)
+        return out
+
+    def _retrieval(self) -> dict:
+        """Among the distinct captions of the evaluated set; the translation module's embedding
+        when the model has one, else LG-VQ's."""
+        head = "vlt" if "vlt" in self.got.global_emb else "lgvq" if "lgvq" in self.got.global_emb else None
+        unique = sorted(set(self.got.captions))
+        chance = alignment.chance_recall(len(unique)) if unique else {"r1": None, "r5": None}
+        out = {"retrieval_head": head, "retrieval_candidates": len(unique),
+               "retrieval_r1_chance": chance["r1"], "retrieval_r5_chance": chance["r5"]}
+        if head is None:
+            return {**out, "retrieval_r1": None, "retrieval_r5": None}
+        position = {c: i for i, c in enumerate(unique)}
+        targets = torch.tensor([position[c] for c in self.got.captions])
+        text_emb = self.text.embed_sentences(unique)
+        recall = alignment.retrieval_recall(torch.cat(self.got.global_emb[head]), text_emb, targets)
+        return {**out, "retrieval_r1": recall["r1"], "retrieval_r5": recall["r5"]}
+
+
+def _log_to_mlflow(target: Target, results: dict) -> str | None:
+    """Metrics under `eval/`; returns a warning instead of raising when tracking is down."""
+    if not target.run_id or not target.tracking_uri:
+        return "no MLflow run recorded beside this checkpoint; results not logged"
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=target.tracking_uri)
+        for key, value in results.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+                client.log_metric(target.run_id, f"eval/{key}", float(value))
+        if isinstance(results.get("rfid"), str):
+            client.set_tag(target.run_id, "eval.rfid", results["rfid"])
+        client.log_dict(target.run_id, results, "eval/eval.json")
+    except Exception as exc:
+        return f"could not log to MLflow run {target.run_id}: {type(exc).__name__}: {str(exc)[:200]}"
+    return None
+
+
+def evaluate(target: str, data, batch_size: int = 64, max_samples: int | None = None,
+             inception_weights: str | None = None, tracking_uri: str | None = None) -> dict:
+    from tqdm import tqdm
+
+    from vqct.align.heads import context_length
+    from vqct.data.loader import ImageCaptionStream, Loader
+    from vqct.data.shards import resolve_shards
+    from vqct.text.encoders import TextEncoder
+    from vqct.tokenizer.load import load_tokenizer, read_state
+
+    resolved = resolve_target(target, tracking_uri)
+    cfg = read_state(resolved.checkpoint)["config"]
+    urls = resolve_shards(data, "--data")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    text_encoder = TextEncoder(cfg["text"]["model"], context_length(cfg), device=device)
+    model, cfg = load_tokenizer(resolved.checkpoint, device, text_encoder)
+    evaluator = Evaluator(model, text_encoder, device, inception_weights)
+    stream = ImageCaptionStream(urls, image_size=cfg["data"]["image_size"], shuffle_buffer=0, epochs=1)
+    loader = Loader(stream, batch_size=batch_size, num_workers=0)
+    seen = 0
+    with tqdm(desc="eval", unit="img", total=max_samples, file=sys.stderr, mininterval=2.0) as bar:
+        for batch in loader:
+            keep = len(batch.captions) if max_samples is None else min(len(batch.captions), max_samples - seen)
+            evaluator.update(batch.images[:keep], batch.captions[:keep])
+            seen += keep
+            bar.update(keep)
+            if max_samples is not None and seen >= max_samples:
+                break
+    if seen == 0:
+        raise UserError(f"--data {data}: no usable sample (skipped: {loader.skipped})")
+    results = {"checkpoint": str(resolved.checkpoint), "run_id": resolved.run_id, "recipe": cfg["recipe"],
+               "family": cfg["family"], **evaluator.results(), "skipped": loader.skipped}
+    warning = _log_to_mlflow(resolved, results)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return results

@@ -1,0 +1,87 @@
+"""The alignment metrics of `vqct eval` on cases with known answers."""
+
+import pytest
+import torch
+
+from vqct.eval import alignment
+from vqct.eval.fid import ReconstructionFID
+
+
+def test_retrieval_recall_on_a_constructed_case():
+    texts = torch.eye(6)  # six captions along the axes
+    # Query 0 points at caption 0; query 1 is nearest caption 2, then its own caption 1;
+    # query 2 is nearest captions 3, 4, 5, 0 before its own caption 2.
+    images = torch.tensor([[1.0, 0, 0, 0, 0, 0],
+                           [0, 0.5, 1.0, 0, 0, 0],
+                           [0.4, 0, 0.1, 1.0, 0.9, 0.8]])
+    targets = torch.tensor([0, 1, 2])
+    recall = alignment.retrieval_recall(images, texts, targets, ks=(1, 2, 5))
+    assert recall == {"r1": pytest.approx(1 / 3), "r2": pytest.approx(2 / 3), "r5": pytest.approx(1.0)}
+
+
+def test_retrieval_ties_count_against_the_image():
+    texts = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # two identical candidates
+    recall = alignment.retrieval_recall(torch.tensor([[1.0, 0.0]]), texts, torch.tensor([1]), ks=(1, 2))
+    assert recall == {"r1": 0.0, "r2": 1.0}
+
+
+def test_chance_recall():
+    assert alignment.chance_recall(20) == {"r1": 0.05, "r5": 0.25}
+    assert alignment.chance_recall(3) == {"r1": pytest.approx(1 / 3), "r5": 1.0}
+
+
+def test_single_word_masks_hide_one_word_token_at_a_time():
+    words = torch.tensor([[False, True, True, False, False],  # [CLS] w w [SEP] [PAD]
+                          [False, True, False, False, False]])
+    sample, masks = alignment.single_word_masks(words)
+    assert sample.tolist() == [0, 0, 1]
+    assert masks.int().tolist() == [[0, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 1, 0, 0, 0]]
+
+
+def test_masked_word_hits_equal_one_prediction_per_word():
+    from vqct.align.lgvq import LGVQHeads
+
+    torch.manual_seed(0)
+    cfg = {"width": 16, "layers": 1, "heads": 2, "text_heads": 2, "context_length": 6, "temperature": 0.07}
+    lgvq = LGVQHeads(4, 4, 8, 8, torch.randn(11, 8), cfg).eval()
+    ids = torch.tensor([[1, 5, 7, 2, 0, 0], [1, 3, 4, 9, 2, 0]])
+    mask = ids != 0
+    words = mask & (ids != 1) & (ids != 2)
+    text = {"tokens": torch.randn(2, 6, 8), "mask": mask.long(), "ids": ids, "words": words}
+    z_vt = lgvq.visual(torch.randn(2, 4, 2, 2))
+    hits, total = alignment.masked_word_hits(lgvq, z_vt, text)
+    expected = 0
+    with torch.no_grad():
+        for b, t in words.nonzero().tolist():
+            masked = torch.zeros(1, 6, dtype=torch.bool)
+            masked[0, t] = True
+            logits = lgvq.predictor(text["tokens"][b:b + 1], ~mask[b:b + 1], masked, z_vt[b:b + 1],
+                                    lgvq.vocab_embeddings, lgvq.vocab_bias)
+            expected += int(logits[0].argmax() == ids[b, t])
+    assert total == 5 and hits == expected
+
+
+def test_similarity_mse_zero_for_the_same_geometry_and_known_otherwise():
+    torch.manual_seed(0)
+    x = torch.randn(10, 4)
+    rotation, _ = torch.linalg.qr(torch.randn(4, 4))
+    assert alignment.similarity_mse(x, x @ rotation + 3.0) == pytest.approx(0.0, abs=1e-12)
+    # Two samples: after centring they are opposite in both spaces, cos = -1 on both sides.
+    assert alignment.similarity_mse(torch.tensor([[0.0, 1.0], [2.0, 1.0]]), torch.tensor([[5.0], [1.0]])) == 0.0
+    # Three codes on a line vs three words at a triangle's corners: worked by hand.
+    codes = torch.tensor([[-1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])  # centred; middle one is the zero vector
+    words = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    # code cosines off the diagonal: (0,2) = -1, the others 0; word cosines after centring: -0.5.
+    assert alignment.similarity_mse(codes, words) == pytest.approx((2 * 0.25 + 4 * 0.25) / 6)
+
+
+def test_mean_word_embedding_ignores_special_and_padding():
+    tokens = torch.arange(12.0).view(1, 4, 3)
+    words = torch.tensor([[False, True, True, False]])
+    assert alignment.mean_word_embedding(tokens, words).tolist() == [[4.5, 5.5, 6.5]]
+
+
+def test_rfid_says_where_it_looked_when_weights_are_missing(tmp_path):
+    fid = ReconstructionFID(tmp_path / "missing.pth", "cpu")
+    fid.update(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8))
+    assert fid.compute() == f"skipped: no Inception weights at {tmp_path / 'missing.pth'}"
