@@ -1,11 +1,11 @@
-"""Codebook lookup and graph kernels, with PyTorch references and CPU paths.
+"""Codebook lookup and graph kernels: Triton on CUDA, with PyTorch references and CPU paths.
 
 Models call only the entry points exported here; which implementation runs is decided
-by the tensors' device (DESIGN.md, Kernels).
+by the tensors' device (vqct.kernels.dispatch; DESIGN.md, Kernels).
 """
 
-from vqct.kernels.graph import gcn_aggregate, normalized_adjacency
+from vqct.kernels.graph import Graph, gcn_aggregate, normalized_graph
 from vqct.kernels.lookup import nearest_code, nearest_code_reference, nearest_codes_topk
 
-__all__ = ["gcn_aggregate", "nearest_code", "nearest_code_reference", "nearest_codes_topk",
-           "normalized_adjacency"]
+__all__ = ["Graph", "gcn_aggregate", "nearest_code", "nearest_code_reference", "nearest_codes_topk",
+           "normalized_graph"]

@@ -15,6 +15,13 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ["RAY_AUTH_MODE"] = "disabled"  # explicit: never depend on an earlier cluster's token
 os.environ.pop("RAY_ADDRESS", None)
+# The Triton kernels run on CPU tensors through Triton's interpreter when there is no GPU;
+# it must be set before any @triton.jit kernel is defined.
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -28,3 +28,38 @@ def test_bench_rejects_unknown_precision():
     proc = subprocess.run(vqct_cmd() + ["bench", "step", "--precisions", "fp8"], capture_output=True,
                           text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 2 and "--precisions" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _bench(*args):
+    proc = subprocess.run(vqct_cmd() + ["bench", *args], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_bench_lookup_prints_each_baseline_and_its_ratio():
+    result = _bench("lookup", "--shapes", "300,700,8;64,5000,32", "--reps", "1", "--memory-mb", "1")
+    assert result["bench"] == "lookup" and result["ours"] == "chunked pytorch" and result["device"]
+    first, second = result["results"]
+    assert (first["N"], first["K"], first["D"]) == (300, 700, 8)
+    for row in result["results"]:
+        for name in ("cdist", "expanded"):
+            assert row[f"speedup_vs_{name}"] == pytest.approx(row[name]["ms"] / row["ours"]["ms"], rel=0.01)
+        assert row["ours_time_vs_expanded"] == pytest.approx(row["ours"]["ms"] / row["expanded"]["ms"], rel=0.01)
+    # 1 MiB budget: the 64 x 5000 fp32 block (1.2 MiB, twice for its temporaries) is chunked.
+    assert second["ours_within_budget"] is True
+
+
+def test_bench_gcn_prints_sparse_and_scatter_ratios():
+    result = _bench("gcn", "--graphs", "500,3000", "--reps", "1")
+    assert len(result["results"]) == 2  # two widths
+    for row in result["results"]:
+        assert row["nodes"] == 500 and row["edges"] <= 3500  # duplicates merged, self-loops added
+        assert row["speedup_vs_sparse_mm"] == pytest.approx(row["sparse_mm"]["ms"] / row["ours"]["ms"], rel=0.01)
+        assert row["speedup_vs_index_add_fwd_bwd"] > 0
+
+
+def test_bench_lookup_rejects_a_malformed_shape():
+    proc = subprocess.run(vqct_cmd() + ["bench", "lookup", "--shapes", "10,20"], capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 2 and "--shapes: '10,20'" in proc.stderr and "Traceback" not in proc.stderr

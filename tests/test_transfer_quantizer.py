@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from vqct.kernels import gcn_aggregate, nearest_codes_topk, normalized_adjacency
 from vqct.quantize import TransferQuantizer
 
 
@@ -13,29 +12,6 @@ def _graph():
     index = torch.tensor([[a, n] for a, n, _ in pairs] + [[n, a] for a, n, _ in pairs]).t()
     weight = torch.tensor([w for *_, w in pairs] * 2)
     return index, weight
-
-
-def test_normalized_adjacency_matches_dense_gcn_formula():
-    index, weight = _graph()
-    dense = torch.zeros(5, 5)
-    dense[index[0], index[1]] = weight
-    a_hat = dense + torch.eye(5)
-    d = a_hat.sum(1).pow(-0.5)
-    reference = d[:, None] * a_hat * d[None, :]
-    adjacency = normalized_adjacency(index, weight, 5)
-    torch.testing.assert_close(adjacency.to_dense(), reference)
-    x = torch.randn(5, 7)
-    torch.testing.assert_close(gcn_aggregate(adjacency, x), reference @ x)
-
-
-def test_topk_lookup_matches_brute_force():
-    g = torch.Generator().manual_seed(1)
-    z, codes = torch.randn(200, 8, generator=g), torch.randn(40, 8, generator=g)
-    idx, dist = nearest_codes_topk(z, codes, k=3, memory_mb=0.005)
-    brute = torch.cdist(z, codes).pow(2)
-    ref_dist, ref_idx = brute.topk(3, dim=1, largest=False)
-    assert torch.equal(idx, ref_idx)
-    torch.testing.assert_close(dist, ref_dist, rtol=1e-4, atol=1e-4)
 
 
 def _quantizer(code_dim=4, topk=2):

@@ -79,6 +79,35 @@ def _cmd_bench_step(args: argparse.Namespace) -> dict:
     return bench_step(args.recipe, args.overrides, precisions, args.steps, args.warmup, args.priors)
 
 
+def _cmd_bench_lookup(args: argparse.Namespace) -> dict:
+    from vqct.bench.lookup import bench_lookup, parse_shapes
+
+    try:
+        shapes = parse_shapes(args.shapes) if args.shapes else None
+    except ValueError as bad:
+        raise UserError(f"--shapes: '{bad}' is not N,K,D with three positive integers "
+                        "(e.g. --shapes '4096,1024,32;1024,262144,8')") from None
+    if args.reps <= 0 or args.memory_mb <= 0:
+        raise UserError("--reps and --memory-mb must be positive")
+    return bench_lookup(shapes, args.full, args.dtype, args.memory_mb, args.cpu_dense_cap_gib, args.reps)
+
+
+def _cmd_bench_gcn(args: argparse.Namespace) -> dict:
+    from vqct.bench.gcn import bench_gcn
+
+    if args.reps <= 0:
+        raise UserError("--reps must be positive")
+    graphs = None
+    if args.graphs:
+        try:
+            graphs = [(f"{n}x{e}", int(n), int(e)) for n, e in (g.split(",") for g in args.graphs.split(";") if g)]
+            if any(n <= 0 or e <= 0 for _, n, e in graphs):
+                raise ValueError
+        except ValueError:
+            raise UserError(f"--graphs: '{args.graphs}' is not NODES,EDGES;... with positive integers") from None
+    return bench_gcn(args.full, args.reps, graphs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqct", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--warmup", type=int, default=3)
     step.add_argument("--priors", help="priors cache directory, for vqct recipes")
     step.set_defaults(func=_cmd_bench_step)
+    bench_lookup = bench_sub.add_parser("lookup", help="nearest-code lookup vs cdist, expanded and chunked forms")
+    bench_lookup.add_argument("--shapes", help="'N,K,D;N,K,D' (default: the full set on a GPU, scaled on a CPU)")
+    bench_lookup.add_argument("--full", action="store_true", help="the full shapes (N=65,536) on a CPU too")
+    bench_lookup.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    bench_lookup.add_argument("--memory-mb", type=float, default=256.0, help="the chunked path's budget")
+    bench_lookup.add_argument("--cpu-dense-cap-gib", type=float, default=4.0,
+                              help="skip the unchunked baselines on a CPU where they would need more")
+    bench_lookup.add_argument("--reps", type=int, default=3)
+    bench_lookup.set_defaults(func=_cmd_bench_lookup)
+    bench_gcn = bench_sub.add_parser("gcn", help="graph aggregation vs torch.sparse.mm and index_add_")
+    bench_gcn.add_argument("--full", action="store_true", help="the 10M-edge graph on a CPU too")
+    bench_gcn.add_argument("--graphs", help="'NODES,EDGES;...' random graphs instead of the default two")
+    bench_gcn.add_argument("--reps", type=int, default=3)
+    bench_gcn.set_defaults(func=_cmd_bench_gcn)
     return parser
 
 

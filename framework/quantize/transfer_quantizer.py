@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vqct.kernels import gcn_aggregate, nearest_code, nearest_codes_topk, normalized_adjacency
+from vqct.kernels import Graph, gcn_aggregate, nearest_code, nearest_codes_topk, normalized_graph
 from vqct.quantize.usage import perplexity
 from vqct.quantize.vector_quantizer import vq_loss
 
@@ -28,7 +28,7 @@ class GCNLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_dim))
         nn.init.xavier_uniform_(self.linear.weight)
 
-    def forward(self, x: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, adjacency: Graph) -> torch.Tensor:
         x = x.to(self.bias.dtype)
         if self.linear.out_features <= self.linear.in_features:
             h = gcn_aggregate(adjacency, self.linear(x))
@@ -46,7 +46,7 @@ class TransferNetwork(nn.Module):
         self.layer2 = GCNLayer(hidden, out_dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, adjacency: Graph) -> torch.Tensor:
         return self.layer2(self.dropout(F.relu(self.layer1(x, adjacency))), adjacency)
 
 
@@ -64,21 +64,18 @@ class TransferQuantizer(nn.Module):
         # Frozen priors are buffers (never optimised); not persistent: the priors cache holds them.
         words = torch.cat([adjective_embeddings, noun_embeddings]).float()
         self.register_buffer("word_embeddings", words, persistent=False)
-        adjacency = normalized_adjacency(edge_index.long(), edge_weight.float(), words.shape[0])
-        # Dense buffers: DeepSpeed broadcasts buffers at start, which a sparse tensor can't take.
-        self.register_buffer("adj_indices", adjacency.indices(), persistent=False)
-        self.register_buffer("adj_values", adjacency.values(), persistent=False)
+        graph = normalized_graph(edge_index.long(), edge_weight.float(), words.shape[0])
+        # Plain tensors as buffers: DeepSpeed broadcasts buffers at start and moves them with the module.
+        for name, tensor in graph._asdict().items():
+            self.register_buffer(f"graph_{name}", tensor, persistent=False)
         self.transfer = TransferNetwork(words.shape[1], hidden, code_dim, dropout)
 
     @property
     def groups(self) -> dict[str, int]:
         return {"adj": self.num_adj, "noun": self.num_noun}
 
-    def adjacency(self) -> torch.Tensor:
-        n = self.word_embeddings.shape[0]
-        # Built from buffers that normalized_adjacency checked and coalesced once.
-        return torch.sparse_coo_tensor(self.adj_indices, self.adj_values, (n, n), is_coalesced=True,
-                                       check_invariants=False)
+    def adjacency(self) -> Graph:
+        return Graph(*(getattr(self, f"graph_{name}") for name in Graph._fields))
 
     def codebook(self) -> torch.Tensor:
         """(adjectives + nouns, code_dim): the transfer network's output."""

@@ -1,0 +1,109 @@
+"""Timing and peak extra memory of one callable, on CUDA or on the CPU.
+
+CPU peak memory comes from the kernel's resident-set high-water mark, reset before each
+measurement through /proc/self/clear_refs (Linux): torch keeps no CPU allocator statistics,
+and large tensors are mmapped, so freeing them lowers the resident set again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import platform
+import re
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def _status_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            match = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M)
+    except OSError:
+        return None
+    return int(match.group(1)) * 1024 if match else None
+
+
+@functools.cache
+def _fixed_mmap_threshold() -> None:
+    """glibc raises its mmap threshold after large frees (up to 32 MiB), after which such
+    blocks reuse heap pages that are already resident and never show in the high-water
+    mark; a fixed threshold keeps every large tensor mmapped and visible."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_cpu_peak() -> int | None:
+    _fixed_mmap_threshold()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident set
+    except OSError:
+        return None
+    return _status_bytes("VmRSS")
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def measure(fn: Callable[[], object], device: torch.device, reps: int = 3, warmup: int = 1) -> dict:
+    """{'ms': median milliseconds, 'peak_extra_mib': peak memory above what was allocated
+    before the call}, or {'error': 'out of memory'}."""
+    cuda = device.type == "cuda"
+    try:
+        for _ in range(warmup):
+            fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        else:
+            base = _reset_cpu_peak()
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize(device)
+            times.append((time.perf_counter() - start) * 1e3)
+    except (RuntimeError, torch.OutOfMemoryError) as exc:
+        if not is_oom(exc):
+            raise
+        if cuda:
+            torch.cuda.empty_cache()
+        return {"error": "out of memory"}
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        high = _status_bytes("VmHWM")
+        peak = high - base if base is not None and high is not None else None
+    return {"ms": round(statistics.median(times), 3),
+            "peak_extra_mib": None if peak is None else round(max(peak, 0) / 2**20, 1)}
+
+
+def ratio(baseline: dict, ours: dict) -> float | None:
+    """Baseline time over ours: > 1 means ours is faster."""
+    if "ms" not in baseline or "ms" not in ours or ours["ms"] <= 0:
+        return None
+    return round(baseline["ms"] / ours["ms"], 3)

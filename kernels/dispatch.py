@@ -1,0 +1,31 @@
+"""Which implementation a kernel entry point runs: Triton for CUDA tensors, PyTorch otherwise.
+
+VQCT_KERNELS=torch forces the PyTorch paths everywhere (to compare, or to rule the kernels
+out when debugging); VQCT_KERNELS=triton also sends CPU tensors to Triton, which only works
+under TRITON_INTERPRET=1 (the tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+
+@functools.cache
+def triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def use_triton(tensor: torch.Tensor) -> bool:
+    choice = os.environ.get("VQCT_KERNELS", "auto")
+    if choice == "torch" or not triton_importable():
+        return False
+    if choice == "triton":
+        return True
+    return tensor.is_cuda
