@@ -27,7 +27,7 @@ DEMO_ARGS ?=
 # (256 codes: vqgan_shapes' 256 = vqct_shapes' 128 adjectives + 128 nouns).
 COMPARE_ARGS ?= seed=0 trainer.max_steps=800 data.image_size=32
 
-.PHONY: setup demo compare test test-fast clean
+.PHONY: setup cluster-tools demo compare test test-fast clean
 
 setup: $(STAMP)
 
@@ -52,7 +52,16 @@ compare: $(STAMP) $(DEMO_DATA)/manifest.json
 	set -o pipefail; $(VENV)/bin/vqct train vqct_shapes $(COMPARE_ARGS) | tee runs/compare/vqct_shapes.json
 	$(PY) -m vqct.eval.compare runs/compare/vqgan_shapes.json runs/compare/vqct_shapes.json
 
-test: $(STAMP)
+# The SLURM tests start a one-node cluster from Debian's slurm-wlm (daemons on 127.0.0.1).
+cluster-tools:
+	@command -v slurmctld >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing slurm-wlm for the SLURM tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm >/dev/null || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm >/dev/null; }; \
+	  else echo "note: slurm-wlm is missing and cannot be installed here: the SLURM tests will be skipped"; fi; }
+
+test: $(STAMP) cluster-tools
 	$(PY) -m pytest tests
 
 test-fast: $(STAMP)

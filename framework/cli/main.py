@@ -33,6 +33,14 @@ def _cmd_train(args: argparse.Namespace) -> dict:
     return train(cfg)
 
 
+def _cmd_submit(args: argparse.Namespace) -> dict:
+    from vqct.launch.submit import submit
+
+    if args.timeout is not None and args.timeout <= 0:
+        raise UserError("--timeout must be a positive number of seconds")
+    return submit(args.recipe, args.overrides, args.address, args.wait, args.working_dir, args.timeout)
+
+
 def _cmd_priors_build(args: argparse.Namespace) -> dict:
     from vqct.config import load_recipe
     from vqct.data.shards import resolve_shards
@@ -116,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("recipe", help="recipe name in recipes/ or path to a recipe YAML")
     train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.max_steps=100")
     train.set_defaults(func=_cmd_train)
+
+    submit = sub.add_parser("submit", help="submit `vqct train` to a Ray cluster as a Ray job")
+    submit.add_argument("recipe")
+    submit.add_argument("overrides", nargs="*")
+    submit.add_argument("--address", help="Ray dashboard URL (default: $RAY_ADDRESS if a URL, "
+                        "else http://127.0.0.1:8265)")
+    submit.add_argument("--wait", action="store_true", help="stream the job's log; exit 0 only if it succeeded")
+    submit.add_argument("--working-dir", default=".", help="uploaded as the job's working directory")
+    submit.add_argument("--timeout", type=float, help="with --wait: give up following after this many seconds")
+    submit.set_defaults(func=_cmd_submit)
 
     data = sub.add_parser("data", help="make datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)

@@ -1,0 +1,127 @@
+"""Ray Jobs on a real head on loopback: `vqct submit --wait`, the plain `ray job submit` CLI,
+and a failing job's exit code and log. Auth mode is explicit (conftest: disabled)."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, vqct_cmd
+
+pytestmark = pytest.mark.e2e
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    # The job runs `vqct` from the PATH of the head's processes: this interpreter's.
+    bin_dir = str(Path(sys.executable).parent)
+    return dict(os.environ, PATH=f"{bin_dir}:{os.environ.get('PATH', '')}", PYTHONPATH=str(REPO))
+
+
+@pytest.fixture(scope="module")
+def job_server():
+    """A Ray head with its dashboard (the job server) on 127.0.0.1, stopped by PID."""
+    temp_dir = tempfile.mkdtemp(prefix="vqjob-", dir="/tmp")
+    port, dashboard = _free_port(), _free_port()
+    ray = Path(sys.executable).with_name("ray")
+    proc = subprocess.Popen(
+        [str(ray), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", f"--port={port}",
+         "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", "--object-store-memory=268435456", "--disable-usage-stats",
+         # Free ports for the agents: the defaults clash with any other Ray instance on the machine.
+         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+         f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+         f"--temp-dir={temp_dir}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=_env())
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 120
+    from ray.job_submission import JobSubmissionClient
+
+    while True:
+        try:
+            JobSubmissionClient(address).list_jobs()
+            break
+        except Exception:
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError("the Ray head's job server did not come up")
+            time.sleep(1)
+    yield address
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _overrides(tmp_path, shapes_dir):
+    return [f"data.train_shards={shapes_dir}/train", f"data.val_shards={shapes_dir}/val", "data.batch_size=8",
+            "data.val_batches=1", "trainer.max_steps=3", "trainer.checkpoint_every=3", "trainer.log_every=1",
+            "trainer.image_every=3", "optim.warmup_steps=0", f"trainer.storage_path={tmp_path}/runs",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=jobs"]
+
+
+def test_vqct_submit_wait_runs_the_recipe_and_the_run_lands_in_mlflow(job_server, tmp_path, shapes_dir):
+    proc = subprocess.run(vqct_cmd() + ["submit", "vqgan_shapes", *_overrides(tmp_path, shapes_dir),
+                                        "--address", job_server, "--wait", "--timeout", "600"],
+                          capture_output=True, text=True, cwd=REPO, env=_env(), timeout=700)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["status"] == "SUCCEEDED" and result["job_id"]
+    training = result["training"]
+    assert training["steps"] == 3 and training["recipe"] == "vqgan_shapes"
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(training["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["recipe"] == "vqgan_shapes"
+    assert "starting a local Ray instance" not in proc.stderr  # it trained on the job's cluster
+
+
+def test_plain_ray_job_submit_cli_works_too(job_server, tmp_path, shapes_dir):
+    ray = Path(sys.executable).with_name("ray")
+    proc = subprocess.run([str(ray), "job", "submit", "--address", job_server, "--working-dir", ".", "--",
+                           "vqct", "train", "recipes/vqgan_shapes.yaml", *_overrides(tmp_path, shapes_dir)],
+                          capture_output=True, text=True, cwd=REPO, env=_env(), timeout=700)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "succeeded" in (proc.stdout + proc.stderr).lower()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("jobs").experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    assert max(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss/rec_l1")) == 3
+
+
+def test_a_failing_job_exits_non_zero_with_its_log(job_server, tmp_path, shapes_dir):
+    overrides = _overrides(tmp_path, shapes_dir)
+    overrides[0] = f"data.train_shards={tmp_path}/no-shards-here"
+    proc = subprocess.run(vqct_cmd() + ["submit", "vqgan_shapes", *overrides, "--address", job_server,
+                                        "--wait", "--timeout", "300"],
+                          capture_output=True, text=True, cwd=REPO, env=_env(), timeout=400)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "no shards found" in proc.stderr  # the job's own error, from its log
+    assert "ended FAILED" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_submit_to_nowhere_is_a_clear_user_error(tmp_path, shapes_dir):
+    proc = subprocess.run(vqct_cmd() + ["submit", "vqgan_shapes", *_overrides(tmp_path, shapes_dir),
+                                        "--address", f"http://127.0.0.1:{_free_port()}"],
+                          capture_output=True, text=True, cwd=REPO, env=_env(), timeout=120)
+    assert proc.returncode == 2 and "no Ray job server answers there" in proc.stderr
+    assert "Traceback" not in proc.stderr

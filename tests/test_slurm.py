@@ -1,0 +1,169 @@
+"""cluster/slurm/vqct_ray.sbatch on a real one-node SLURM cluster (Debian slurm-wlm) that
+the test starts on 127.0.0.1 (munged, slurmctld, slurmd; config in a temp dir) and stops by
+PID: a tiny recipe runs through Ray to completion, and scancel mid-run leaves no Ray
+process behind."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.e2e
+SCRIPT = REPO / "cluster" / "slurm" / "vqct_ray.sbatch"
+
+if not shutil.which("slurmctld"):
+    pytest.skip("slurm-wlm is not installed (make test installs it where apt-get can)", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+SLURM_CONF = """ClusterName=vqct
+SlurmctldHost=localhost(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+AuthType=auth/munge
+AuthInfo=socket={dir}/munge.sock
+CredType=cred/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+StateSaveLocation={dir}/state
+SlurmdSpoolDir={dir}/spool
+SlurmctldPidFile={dir}/slurmctld.pid
+SlurmdPidFile={dir}/slurmd.pid
+SlurmctldLogFile={dir}/slurmctld.log
+SlurmdLogFile={dir}/slurmd.log
+SlurmUser={user}
+ReturnToService=2
+MpiDefault=none
+KillWait=10
+NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=8000 State=UNKNOWN
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+"""
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the one-node SLURM cluster needs root (slurmd launches jobs as their users)")
+    root = Path(tempfile.mkdtemp(prefix="vqslurm-", dir="/tmp"))
+    root.chmod(0o755)
+    for sub in ("state", "spool"):
+        (root / sub).mkdir()
+    conf = root / "slurm.conf"
+    conf.write_text(SLURM_CONF.format(ctld_port=_free_port(), d_port=_free_port(), dir=root, user="root",
+                                      cpus=os.cpu_count() or 2))
+    env = dict(os.environ, SLURM_CONF=str(conf))
+    daemons = [
+        subprocess.Popen(["munged", "-F", "-f", f"--socket={root}/munge.sock", "--key-file=/etc/munge/munge.key",
+                          f"--log-file={root}/munged.log", f"--pid-file={root}/munged.pid",
+                          f"--seed-file={root}/munged.seed"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+    ]
+    time.sleep(1)
+    daemons.append(subprocess.Popen(["slurmctld", "-D", "-f", str(conf)], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    daemons.append(subprocess.Popen(["slurmd", "-D", "-N", "localhost", "-f", str(conf)], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    deadline = time.time() + 60
+    while "idle" not in subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True).stdout:
+        if time.time() > deadline:
+            raise RuntimeError(f"the SLURM node did not come up: {(root / 'slurmctld.log').read_text()[-2000:]}")
+        time.sleep(1)
+    yield env, root
+    for proc in reversed(daemons):
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _job_env(env: dict) -> dict:
+    bin_dir = str(Path(sys.executable).parent)
+    return dict(env, PATH=f"{bin_dir}:{env.get('PATH', '')}", PYTHONPATH=str(REPO), VQCT_RECIPE="vqgan_shapes",
+                VQCT_WORKERS_PER_NODE="2", VQCT_HEAD_IP="127.0.0.1", VQCT_RAY_PORT=str(_free_port()))
+
+
+def _overrides(tmp_path, shapes_dir, steps):
+    return [f"data.train_shards={shapes_dir}/train", f"data.val_shards={shapes_dir}/val", "data.batch_size=8",
+            "data.val_batches=1", f"trainer.max_steps={steps}", f"trainer.checkpoint_every={steps}",
+            "trainer.log_every=1", f"trainer.image_every={steps}", "optim.warmup_steps=0",
+            f"trainer.storage_path={tmp_path}/runs", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]
+
+
+def _ray_processes(marker: str = "vqct-ray-") -> set[int]:
+    """Processes of the job's Ray cluster (their command lines name its temp dir) and their children."""
+    parents = {}
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents[int(entry.name)] = ppid
+        if marker in cmdline:
+            found.add(int(entry.name))
+    grew = True
+    while grew:
+        children = {pid for pid, ppid in parents.items() if ppid in found} - found
+        grew = bool(children)
+        found |= children
+    return found
+
+
+def test_sbatch_runs_a_recipe_through_ray_to_completion(slurm, tmp_path, shapes_dir):
+    env, _ = slurm
+    out = tmp_path / "job.out"
+    proc = subprocess.run(["sbatch", "--wait", "-c", str(os.cpu_count() or 2), "-o", str(out), str(SCRIPT),
+                           *_overrides(tmp_path, shapes_dir, 3)], env=_job_env(env), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900)
+    log = out.read_text() if out.exists() else ""
+    assert proc.returncode == 0, (proc.stderr + log)[-4000:]
+    result = json.loads([ln for ln in log.splitlines() if ln.startswith('{"run_id"')][-1])
+    assert result["steps"] == 3 and result["recipe"] == "vqgan_shapes"
+    assert "1 node(s) x 2 worker(s)" in log and "stopping Ray" in log
+    assert not _ray_processes()
+
+
+def test_scancel_mid_run_leaves_no_ray_processes(slurm, tmp_path, shapes_dir):
+    env, _ = slurm
+    out = tmp_path / "job.out"
+    submitted = subprocess.run(["sbatch", "--parsable", "-c", str(os.cpu_count() or 2), "-o", str(out), str(SCRIPT),
+                                *_overrides(tmp_path, shapes_dir, 2000)], env=_job_env(env), cwd=tmp_path,
+                               capture_output=True, text=True, timeout=60, check=True)
+    job_id = submitted.stdout.strip().split(";")[0]
+    deadline = time.time() + 600
+    while "train:" not in (out.read_text() if out.exists() else ""):  # the workers are training
+        assert time.time() < deadline, (out.read_text() if out.exists() else "no output")[-3000:]
+        time.sleep(2)
+    alive = _ray_processes()
+    assert len(alive) >= 3  # raylet, GCS, workers...
+    subprocess.run(["scancel", job_id], env=env, check=True, timeout=30)
+    deadline = time.time() + 120
+    while subprocess.run(["squeue", "-h", "-j", job_id], env=env, capture_output=True, text=True).stdout.strip():
+        assert time.time() < deadline, "the job did not end after scancel"
+        time.sleep(1)
+    time.sleep(3)
+    left = {pid for pid in alive if Path(f"/proc/{pid}").exists()} | _ray_processes()
+    assert not left, [Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in left if Path(f"/proc/{p}").exists()]
+    assert "stopping Ray" in out.read_text()  # the script's own teardown ran on SIGTERM
