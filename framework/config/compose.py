@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -72,8 +73,20 @@ def _schema_overrides(overrides: list[str]) -> list[str]:
         if "=" not in item or key.startswith(("+", "~")) or key in groups or key.startswith("hydra."):
             out.append(item)
         else:
-            out.append(f"++{item}")
+            out.append(f"++{_quote_brace_range(item)}")
     return out
+
+
+_BRACE_RANGE = re.compile(r"\{\d+\.\.\d+\}")
+
+
+def _quote_brace_range(item: str) -> str:
+    """Shard patterns such as /laion/{00000..09999}.tar are not Hydra syntax: quote the value
+    (the shell already took the user's own quotes away)."""
+    key, value = item.split("=", 1)
+    if _BRACE_RANGE.search(value) and not value.startswith(("'", '"')) and "'" not in value:
+        return f"{key}='{value}'"
+    return item
 
 
 def _compose(path: Path, overrides: list[str]):
