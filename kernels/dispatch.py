@@ -8,6 +8,7 @@ under TRITON_INTERPRET=1 (the tests).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 
 import torch
@@ -15,11 +16,7 @@ import torch
 
 @functools.cache
 def triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("triton") is not None
 
 
 def use_triton(tensor: torch.Tensor) -> bool:

@@ -125,3 +125,90 @@ def test_submit_to_nowhere_is_a_clear_user_error(tmp_path, shapes_dir):
                           capture_output=True, text=True, cwd=REPO, env=_env(), timeout=120)
     assert proc.returncode == 2 and "no Ray job server answers there" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` on 127.0.0.1 with its own sqlite store and artifact folder, stopped by PID."""
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    mlflow = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", f"sqlite:///{root}/mlflow.db"], cwd=root,
+                            env=dict(_env(), MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.time() > deadline or proc.poll() is not None:
+            raise RuntimeError("mlflow server did not come up")
+        time.sleep(1)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_job_tracked_by_an_mlflow_server_registers_its_tokenizer(job_server, mlflow_server, tmp_path,
+                                                                  shapes_dir, monkeypatch):
+    overrides = [o for o in _overrides(tmp_path, shapes_dir) if not o.startswith("tracking.uri=")]
+    proc = subprocess.run(vqct_cmd() + ["submit", "vqgan_shapes", *overrides, f"tracking.uri={mlflow_server}",
+                                        "--address", job_server, "--wait", "--timeout", "600"],
+                          capture_output=True, text=True, cwd=REPO, env=_env(), timeout=700)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    training = json.loads(proc.stdout.strip().splitlines()[-1])["training"]
+    assert training["tracking_uri"] == mlflow_server and training["model_version"] == "1"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    latest = client.get_model_version("vqgan_shapes", "1")
+    assert latest.run_id == training["run_id"] and latest.tags["checkpoint"] == training["checkpoint"]
+    from vqct.tracking.registry import resolve_model_uri
+
+    assert resolve_model_uri("models:/vqgan_shapes@latest", mlflow_server) == training["checkpoint"]
+    assert latest.tags["family"] == "vqgan" and len(latest.tags["config_hash"]) >= 8 and latest.tags["git_commit"]
+
+    def run(*args):
+        done = subprocess.run(vqct_cmd() + list(args), capture_output=True, text=True, cwd=tmp_path,
+                              env=_env(), timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    evaluated = run("eval", training["run_id"], "--data", f"{shapes_dir}/val", "--tracking-uri", mlflow_server)
+    assert evaluated["registry"] == {"registered": True, "version": "1", "best": True, "metric": "psnr"}
+    assert str(client.get_model_version_by_alias("vqgan_shapes", "best").version) == "1"
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    import torch
+
+    import vqct
+
+    model, cfg = vqct.load_tokenizer("models:/vqgan_shapes@best")
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    indices = model.tokenize(images)
+    assert indices.shape == (2, 8, 8) and int(indices.max()) < cfg["quantizer"]["codebook_size"]
+    assert model.detokenize(indices).shape == (2, 3, 32, 32)
+
+    listed = {r["recipe"]: r for r in run("recipes", "--tracking-uri", mlflow_server)["recipes"]}
+    assert listed["vqgan_shapes"]["runs"] == 1 and listed["vqgan_shapes"]["best_run"] == training["run_id"]
+    assert listed["vqct_shapes"]["runs"] == 0 and listed["vqct_shapes"]["quantizer"] == "vqct"
+
+    compared = run("compare", "vqgan_shapes", training["run_id"], "--tracking-uri", mlflow_server,
+                   "--out", str(tmp_path / "compare.png"))
+    assert (tmp_path / "compare.png").stat().st_size > 10_000
+    assert [r["run_id"] for r in compared["runs"]] == [training["run_id"]] * 2
+    artifacts = [a.path for a in client.list_artifacts(compared["comparison_run_id"], "compare")]
+    assert "compare/compare.png" in artifacts and "compare/table.md" in artifacts

@@ -41,6 +41,18 @@ def _cmd_submit(args: argparse.Namespace) -> dict:
     return submit(args.recipe, args.overrides, args.address, args.wait, args.working_dir, args.timeout)
 
 
+def _cmd_recipes(args: argparse.Namespace) -> dict:
+    from vqct.tracking.catalog import list_recipes
+
+    return list_recipes(args.tracking_uri, args.metric)
+
+
+def _cmd_compare(args: argparse.Namespace) -> dict:
+    from vqct.tracking.compare_runs import compare
+
+    return compare(args.targets, args.tracking_uri, args.metric, args.out)
+
+
 def _cmd_priors_build(args: argparse.Namespace) -> dict:
     from vqct.config import load_recipe
     from vqct.data.shards import resolve_shards
@@ -73,7 +85,7 @@ def _cmd_eval(args: argparse.Namespace) -> dict:
     if args.batch_size <= 0 or (args.max_samples is not None and args.max_samples <= 0):
         raise UserError("--batch-size and --max-samples must be positive numbers")
     return evaluate(args.target, args.data, args.batch_size, args.max_samples, args.inception_weights,
-                    args.tracking_uri)
+                    args.tracking_uri, args.best_metric)
 
 
 def _cmd_bench_step(args: argparse.Namespace) -> dict:
@@ -135,6 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--timeout", type=float, help="with --wait: give up following after this many seconds")
     submit.set_defaults(func=_cmd_submit)
 
+    recipes = sub.add_parser("recipes", help="the recipes, their sizes, and their runs in the tracking store")
+    recipes.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    recipes.add_argument("--metric", default="val/psnr", help="what `best` means (lower is better for L1/FID/MSE)")
+    recipes.set_defaults(func=_cmd_recipes)
+
+    compare = sub.add_parser("compare", help="table and curves of runs (a recipe name: its best run)")
+    compare.add_argument("targets", nargs="+", metavar="RUN_OR_RECIPE")
+    compare.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    compare.add_argument("--metric", default="val/psnr", help="picks a recipe's best run")
+    compare.add_argument("--out", help="PNG path (default: runs/compare-<time>.png)")
+    compare.set_defaults(func=_cmd_compare)
+
     data = sub.add_parser("data", help="make datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     shapes = data_sub.add_parser("shapes", help="write synthetic image-caption shards")
@@ -176,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: $VQCT_INCEPTION_WEIGHTS or the torch hub cache)")
     evaluate.add_argument("--tracking-uri", help="MLflow store of RUN_ID (default: $MLFLOW_TRACKING_URI "
                           "or sqlite:///mlflow.db)")
+    evaluate.add_argument("--best-metric", default="psnr", help="the result that moves the recipe's `best` "
+                          "alias in the model registry (lower is better for l1, rfid and the MSEs)")
     evaluate.set_defaults(func=_cmd_eval)
 
     bench = sub.add_parser("bench", help="benchmarks (ratios against a baseline measured in the same run)")

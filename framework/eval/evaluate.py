@@ -206,7 +206,9 @@ def _log_to_mlflow(target: Target, results: dict) -> str | None:
 
 
 def evaluate(target: str, data, batch_size: int = 64, max_samples: int | None = None,
-             inception_weights: str | None = None, tracking_uri: str | None = None) -> dict:
+             inception_weights: str | None = None, tracking_uri: str | None = None,
+             best_metric: str = "psnr") -> dict:
+    """BEST_METRIC: the result that decides the registry's `best` alias for the recipe."""
     from tqdm import tqdm
 
     from vqct.align.heads import context_length
@@ -240,4 +242,8 @@ def evaluate(target: str, data, batch_size: int = 64, max_samples: int | None = 
     warning = _log_to_mlflow(resolved, results)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
+    elif resolved.run_id:
+        from vqct.tracking.registry import promote_if_best
+
+        results["registry"] = promote_if_best(resolved.tracking_uri, resolved.run_id, cfg["recipe"], best_metric)
     return results

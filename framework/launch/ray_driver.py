@@ -16,6 +16,7 @@ from vqct.errors import TrainingFailed, UserError
 from vqct.data.shards import check_reader_count, resolve_shards
 from vqct.launch.ray_connect import connect
 from vqct.launch.runs import choose_run, write_run
+from vqct.tracking.registry import register_run
 from vqct.tracking.mlflow_run import absolute_uri, close_run, log_config_copy, open_run, tag_checkpoint, worker_env
 
 
@@ -113,6 +114,7 @@ def _fit(cfg: dict, train_urls, val_urls, storage: Path, run_name: str, previous
     close_run(uri, run_id, "FINISHED")
     checkpoint = result.checkpoint.path if result.checkpoint else None
     tag_checkpoint(uri, run_id, checkpoint)
+    version = register_run(uri, run_id, cfg, checkpoint)
     m = result.metrics or {}
     return {
         "run_id": run_id,
@@ -129,5 +131,6 @@ def _fit(cfg: dict, train_urls, val_urls, storage: Path, run_name: str, previous
         "images_per_s": m.get("images_per_s"),
         "rec_l1": m.get("rec_l1"),
         "checkpoint": checkpoint,
+        "model_version": version,
         "tracking_uri": uri,
     }

@@ -30,7 +30,8 @@ def read_state(checkpoint: str | Path) -> dict:
 
 def load_tokenizer(checkpoint: str | Path, device: str | torch.device = "cpu",
                    text_encoder=None) -> tuple[VQTokenizer, dict]:
-    """Returns (the tokenizer in eval mode, the run's resolved config). TEXT_ENCODER: reuse
+    """CHECKPOINT: a checkpoint directory (vqct.load_tokenizer also takes models:/ URIs).
+    Returns (the tokenizer in eval mode, the run's resolved config). TEXT_ENCODER: reuse
     one the caller already loaded for this run's text model instead of loading it again."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
