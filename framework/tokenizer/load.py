@@ -25,7 +25,11 @@ def read_state(checkpoint: str | Path) -> dict:
     if not state_path.is_file():
         raise UserError(f"{checkpoint}: not a vqct checkpoint (no {STATE_FILE}); give a "
                         "runs/<run>/checkpoint_<time> directory")
-    return json.loads(state_path.read_text())
+    state = json.loads(state_path.read_text())
+    if "config" not in state:
+        raise UserError(f"{checkpoint}: written by an older vqct without the resolved config in "
+                        f"{STATE_FILE}; retrain or evaluate a newer checkpoint")
+    return state
 
 
 def load_tokenizer(checkpoint: str | Path, device: str | torch.device = "cpu",
