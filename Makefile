@@ -1,6 +1,6 @@
 # vqct — every target sets itself up from nothing (a fresh clone has no .venv).
 #   make demo   generate shapes shards and train the VQCT recipe (2 Ray workers, ZeRO-2, CPU)
-#   make compare  vqgan_shapes and vqct_shapes under the same settings, then a table
+#   make compare  the five shapes recipes under the same settings, each evaluated, then a table
 #   make test   the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -23,8 +23,10 @@ export PYTHONUNBUFFERED ?= 1
 
 DEMO_DATA ?= data/shapes
 DEMO_ARGS ?=
-# make compare: both recipes with the same seed, steps, image size and codebook capacity
-# (256 codes: vqgan_shapes' 256 = vqct_shapes' 128 adjectives + 128 nouns).
+# make compare: the five shapes recipes with the same seed, steps, image size and codebook
+# capacity (256 codes: vqgan_shapes' 256 = vqct_shapes' 128 adjectives + 128 nouns), each
+# followed by vqct eval on the held-out shards, then one table.
+COMPARE_RECIPES ?= vqgan_shapes vqct_shapes lgvq_shapes vqct_lgvq_shapes vqct_vlt_shapes
 COMPARE_ARGS ?= seed=0 trainer.max_steps=800 data.image_size=32
 
 .PHONY: setup cluster-tools demo compare test test-fast clean
@@ -48,9 +50,12 @@ demo: $(STAMP) $(DEMO_DATA)/manifest.json
 
 compare: $(STAMP) $(DEMO_DATA)/manifest.json
 	@mkdir -p runs/compare
-	set -o pipefail; $(VENV)/bin/vqct train vqgan_shapes $(COMPARE_ARGS) | tee runs/compare/vqgan_shapes.json
-	set -o pipefail; $(VENV)/bin/vqct train vqct_shapes $(COMPARE_ARGS) | tee runs/compare/vqct_shapes.json
-	$(PY) -m vqct.eval.compare runs/compare/vqgan_shapes.json runs/compare/vqct_shapes.json
+	set -o pipefail; for r in $(COMPARE_RECIPES); do \
+	  $(VENV)/bin/vqct train $$r $(COMPARE_ARGS) | tee runs/compare/$$r.json || exit 1; \
+	  checkpoint=$$($(PY) -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["checkpoint"])' runs/compare/$$r.json); \
+	  $(VENV)/bin/vqct eval $$checkpoint --data $(DEMO_DATA)/val | tee runs/compare/$$r.eval.json || exit 1; \
+	done
+	$(PY) -m vqct.eval.compare $(foreach r,$(COMPARE_RECIPES),runs/compare/$(r).json)
 
 # The SLURM tests start a one-node cluster from Debian's slurm-wlm (daemons on 127.0.0.1).
 cluster-tools:

@@ -18,7 +18,8 @@ from vqct.kernels import lookup
 
 FULL_SHAPES = [(65_536, k, d) for k in (1_024, 16_384, 262_144) for d in (8, 32, 256)]
 # Scaled down for a CPU: the whole benchmark within a few minutes on 2 cores.
-CPU_SHAPES = [(4_096, k, d) for k in (1_024, 16_384) for d in (8, 32, 256)] + [(1_024, 262_144, 32)]
+CPU_SHAPES = ([(16_384, k, d) for k in (1_024, 16_384) for d in (8, 32, 256)]
+              + [(1_024, 262_144, 32), (4_096, 262_144, 32)])
 
 
 def cdist_argmin(z, codes):
