@@ -1,0 +1,60 @@
+"""`vqct recipes` and `vqct compare` on a real MLflow store holding runs of several families."""
+
+import json
+import os
+import subprocess
+
+from conftest import REPO, vqct_cmd
+
+
+def _store(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    runs = {}
+    for recipe, family, psnrs in [("vqgan_shapes", "vqgan", [20.0, 24.0]), ("vqct_shapes", "vqct", [21.0, 26.0]),
+                                  ("vqct_vlt_shapes", "vqct_vlt", [22.0, 25.0]), ("vqgan_shapes", "vqgan", [19.0, 23.0])]:
+        experiment = client.get_experiment_by_name(family) or client.get_experiment(client.create_experiment(family))
+        run = client.create_run(experiment.experiment_id, tags={"recipe": recipe, "family": family})
+        for step, psnr in zip((400, 800), psnrs):
+            client.log_metric(run.info.run_id, "val/psnr", psnr, step=step)
+            client.log_metric(run.info.run_id, "codebook/usage", psnr / 30, step=step)
+            client.log_metric(run.info.run_id, "loss/rec_l1", 1 / psnr, step=step)
+        client.set_terminated(run.info.run_id)
+        runs.setdefault(recipe, []).append(run.info.run_id)
+    return uri, runs
+
+
+def _vqct(tmp_path, *args):
+    proc = subprocess.run(vqct_cmd() + list(args), capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+def test_recipes_lists_every_recipe_with_its_runs_and_best_run(tmp_path):
+    uri, runs = _store(tmp_path)
+    result, table = _vqct(tmp_path, "recipes", "--tracking-uri", uri)
+    rows = {r["recipe"]: r for r in result["recipes"]}
+    assert {"vqgan_shapes", "vqct_shapes", "vqct_vlt_shapes", "lgvq_shapes", "vqct_vlt_laion"} <= set(rows)
+    assert rows["vqgan_shapes"]["runs"] == 2 and rows["vqgan_shapes"]["best_run"] == runs["vqgan_shapes"][0]
+    assert rows["vqgan_shapes"]["best"] == 24.0 and rows["lgvq_shapes"]["runs"] == 0
+    assert rows["vqct_shapes"]["quantizer"] == "vqct" and rows["vqct_shapes"]["codes"] == "128+128"
+    assert rows["vqct_vlt_laion"]["text_model"] == "openai/clip-vit-base-patch32"
+    assert "| vqct_shapes | vqct | vqct |" in table
+
+
+def test_compare_resolves_recipes_to_their_best_runs_and_logs_the_plot(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri, runs = _store(tmp_path)
+    result, table = _vqct(tmp_path, "compare", "vqgan_shapes", "vqct_shapes", runs["vqct_vlt_shapes"][0],
+                          "--tracking-uri", uri, "--out", str(tmp_path / "c.png"))
+    assert [r["run_id"] for r in result["runs"]] == [runs["vqgan_shapes"][0], runs["vqct_shapes"][0],
+                                                     runs["vqct_vlt_shapes"][0]]
+    assert [r["val/psnr"] for r in result["runs"]] == [24.0, 26.0, 25.0]
+    assert (tmp_path / "c.png").stat().st_size > 10_000 and "| vqct_shapes |" in table
+    client = MlflowClient(uri)
+    compare_run = client.get_run(result["comparison_run_id"])
+    assert compare_run.data.tags["vqct.compared_runs"].split(",") == [r["run_id"] for r in result["runs"]]
