@@ -63,3 +63,9 @@ def test_bench_lookup_rejects_a_malformed_shape():
     proc = subprocess.run(vqct_cmd() + ["bench", "lookup", "--shapes", "10,20"], capture_output=True,
                           text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 2 and "--shapes: '10,20'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_step_refuses_alignment_recipes_with_a_fix():
+    proc = subprocess.run(vqct_cmd() + ["bench", "step", "lgvq_shapes"], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 2 and "align.lgvq.enabled=false" in proc.stderr and "Traceback" not in proc.stderr

@@ -87,13 +87,21 @@ def _measure(cfg: dict, images: torch.Tensor, steps: int, warmup: int, priors: d
 
 def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: int, warmup: int,
                priors_dir: str | None = None) -> dict:
+    from vqct.align.heads import enabled as align_enabled
     from vqct.config import load_recipe
+    from vqct.errors import UserError
     from vqct.text.priors import load_priors
 
     priors = load_priors(priors_dir) if priors_dir else None
     results, cfg = {}, None
     for precision in precisions:
         cfg = load_recipe(recipe, [*overrides, f"trainer.precision={precision}", "loss.perceptual_weight=0"])
+        if cfg["quantizer"]["name"] == "vqct" and priors is None:
+            raise UserError("quantizer.name=vqct: pass --priors DIR (a priors cache, from vqct priors build)")
+        if align_enabled(cfg):
+            raise UserError(f"{cfg['recipe']} turns on alignment heads, which bench step does not time (it "
+                            "feeds images only): add align.lgvq.enabled=false align.vlt.enabled=false, or read "
+                            "perf/images_per_s of a training run")
         use_gpu = cfg["trainer"]["use_gpu"] and torch.cuda.is_available()
         if not results:
             if cfg["trainer"]["use_gpu"] and not use_gpu:
@@ -103,10 +111,6 @@ def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: 
             _init_single_process(use_gpu)
             images = _images(cfg["data"]["batch_size"], cfg["data"]["image_size"], cfg["seed"])
         print(f"bench step: {precision} ...", file=sys.stderr)
-        if cfg["quantizer"]["name"] == "vqct" and priors is None:
-            from vqct.errors import UserError
-
-            raise UserError("quantizer.name=vqct: pass --priors DIR (a priors cache, from vqct priors build)")
         results[precision] = _measure(cfg, images, steps, warmup, priors)
     import torch.distributed as dist
 
