@@ -31,6 +31,19 @@ def _env() -> dict:
     return dict(os.environ, PATH=f"{bin_dir}:{os.environ.get('PATH', '')}", PYTHONPATH=str(REPO))
 
 
+def _stop(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, a grace period, then SIGKILL to whatever of its process group is left."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 @pytest.fixture(scope="module")
 def job_server():
     """A Ray head with its dashboard (the job server) on 127.0.0.1, stopped by PID."""
@@ -59,15 +72,8 @@ def job_server():
                 raise RuntimeError("the Ray head's job server did not come up")
             time.sleep(1)
     yield address
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    _stop(proc, timeout=60)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _overrides(tmp_path, shapes_dir):
@@ -152,14 +158,7 @@ def mlflow_server(tmp_path_factory):
             raise RuntimeError("mlflow server did not come up")
         time.sleep(1)
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    _stop(proc, timeout=30)
 
 
 def test_a_job_tracked_by_an_mlflow_server_registers_its_tokenizer(job_server, mlflow_server, tmp_path,

@@ -8,23 +8,13 @@ One process, world size 1: this measures the step itself, not Ray or communicati
 from __future__ import annotations
 
 import os
-import platform
 import random
 import sys
 import time
 
 import torch
 
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
+from vqct.bench.measure import device_name
 
 
 def _images(batch: int, size: int, seed: int) -> torch.Tensor:
@@ -121,7 +111,7 @@ def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: 
     device = torch.device("cuda" if torch.cuda.is_available() and cfg["trainer"]["use_gpu"] else "cpu")
     return {
         "bench": "step",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
+        "device": device_name(device),
         "recipe": cfg["recipe"],
         "model": cfg["model"]["preset"],
         "image_size": cfg["data"]["image_size"],
