@@ -27,9 +27,6 @@ class Graph(NamedTuple):
     def num_nodes(self) -> int:
         return self.crow.numel() - 1
 
-    def to(self, device) -> "Graph":
-        return Graph(*(t.to(device) for t in self))
-
 
 def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n: int):
     order = torch.argsort(rows * n + cols)  # row-major; the pairs are unique after coalescing
@@ -71,8 +68,8 @@ def to_dense(graph: Graph) -> torch.Tensor:
 
 def aggregate_sparse(graph: Graph, x: torch.Tensor) -> torch.Tensor:
     """torch.sparse: the CPU path (and a benchmark baseline), differentiable in X."""
-    return torch.sparse.mm(to_sparse_coo(graph).to(torch.float64 if x.dtype == torch.float64 else torch.float32),
-                           x if x.dtype == torch.float64 else x.float()).to(x.dtype)
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # bf16 sparse mm: not on CPU
+    return torch.sparse.mm(to_sparse_coo(graph).to(dtype), x.to(dtype)).to(x.dtype)
 
 
 def aggregate_index_add(graph: Graph, x: torch.Tensor) -> torch.Tensor:
