@@ -15,3 +15,8 @@ class TrainingFailed(RuntimeError):
     """Training started but did not finish; the message carries the worker's error."""
 
     exit_code = 1
+
+
+class RunStopped(RuntimeError):
+    """Training cannot go on, and restarting the workers would only repeat it (no usable
+    data, diverged numerics): every rank stops together and the run fails once, unretried."""

@@ -13,7 +13,7 @@ import webdataset as wds
 from PIL import Image
 
 from vqct.data.decode import BadSample, decode_image
-from vqct.data.loader import ImageCaptionStream, Loader, make_loader
+from vqct.data.loader import ImageCaptionStream, Loader, NoUsableSamples, make_loader
 from vqct.data.shapes import write_shapes
 from vqct.data.shards import check_reader_count, resolve_shards
 from vqct.errors import UserError
@@ -189,3 +189,23 @@ def test_one_caption_at_random_when_a_sample_has_several():
     seen = {decode_caption(b"a red circle\n a blue square \n\n") for _ in range(50)}
     assert seen == {"a red circle", "a blue square"}
     assert decode_caption(b"  one caption only ") == "one caption only"
+
+
+def test_one_pass_over_the_fault_corpus_skips_exactly_the_broken_samples(tmp_path):
+    from fault_corpus import EXPECTED_SKIPS, USABLE, write_fault_corpus
+
+    shards = write_fault_corpus(tmp_path)
+    items = list(ImageCaptionStream([str(p) for p in shards], 32, shuffle_buffer=0, epochs=1))
+    assert len(items) == USABLE
+    assert {k: v for k, v in items[-1]["skipped"].items() if v} == EXPECTED_SKIPS
+    used = {item["key"].split("_", 1)[1] for item in items}
+    assert {"png_named_jpg", "cmyk_jpeg", "png_16bit", "one_pixel", "huge_10000"} <= used
+    assert all(item["image"].shape == (3, 32, 32) for item in items)
+
+
+def test_a_shard_with_nothing_usable_is_reported_not_spun_on(tmp_path):
+    from fault_corpus import write_fault_corpus
+
+    stream = ImageCaptionStream([str(p) for p in write_fault_corpus(tmp_path, usable=False)], 32, shuffle_buffer=0)
+    with pytest.raises(NoUsableSamples, match="no usable sample"):
+        next(iter(stream))

@@ -5,18 +5,14 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import REPO, vqct_cmd
+from servers import start_ray_head, stop
 
 pytestmark = pytest.mark.e2e
 
@@ -81,31 +77,10 @@ def test_train_zero2_then_resume_in_the_same_mlflow_run(tmp_path, shapes_dir):
 def ray_head():
     """A real Ray head on loopback, started by the test and stopped by its PID."""
     temp_dir = tempfile.mkdtemp(prefix="vqray-", dir="/tmp")  # short: Ray's unix sockets live there
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray = Path(sys.executable).with_name("ray")
-    proc = subprocess.Popen(
-        [str(ray), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", f"--port={port}",
-         "--num-cpus=2", "--include-dashboard=false", "--object-store-memory=268435456",
-         "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.5)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()  # with --block, the head drains and stops its own children on SIGTERM
-    try:
-        proc.wait(timeout=60)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # anything of the group still alive
-        except ProcessLookupError:
-            pass
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    proc, address = start_ray_head(temp_dir)
+    yield address
+    stop(proc, timeout=60)  # with --block, the head drains and stops its own children on SIGTERM
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_train_zero3_bf16_grad_accum_on_an_existing_cluster(tmp_path, shapes_dir, ray_head):

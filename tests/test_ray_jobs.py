@@ -4,8 +4,6 @@ and a failing job's exit code and log. Auth mode is explicit (conftest: disabled
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,14 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, vqct_cmd
+from servers import free_port, start_mlflow_server, stop
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict:
@@ -31,32 +24,19 @@ def _env() -> dict:
     return dict(os.environ, PATH=f"{bin_dir}:{os.environ.get('PATH', '')}", PYTHONPATH=str(REPO))
 
 
-def _stop(proc: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM, a grace period, then SIGKILL to whatever of its process group is left."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.fixture(scope="module")
 def job_server():
     """A Ray head with its dashboard (the job server) on 127.0.0.1, stopped by PID."""
     temp_dir = tempfile.mkdtemp(prefix="vqjob-", dir="/tmp")
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = free_port(), free_port()
     ray = Path(sys.executable).with_name("ray")
     proc = subprocess.Popen(
         [str(ray), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", f"--port={port}",
          "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dashboard}", "--object-store-memory=268435456", "--disable-usage-stats",
          # Free ports for the agents: the defaults clash with any other Ray instance on the machine.
-         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-         f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
          f"--temp-dir={temp_dir}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=_env())
     address = f"http://127.0.0.1:{dashboard}"
@@ -72,7 +52,7 @@ def job_server():
                 raise RuntimeError("the Ray head's job server did not come up")
             time.sleep(1)
     yield address
-    _stop(proc, timeout=60)
+    stop(proc, timeout=60)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -127,7 +107,7 @@ def test_a_failing_job_exits_non_zero_with_its_log(job_server, tmp_path, shapes_
 
 def test_submit_to_nowhere_is_a_clear_user_error(tmp_path, shapes_dir):
     proc = subprocess.run(vqct_cmd() + ["submit", "vqgan_shapes", *_overrides(tmp_path, shapes_dir),
-                                        "--address", f"http://127.0.0.1:{_free_port()}"],
+                                        "--address", f"http://127.0.0.1:{free_port()}"],
                           capture_output=True, text=True, cwd=REPO, env=_env(), timeout=120)
     assert proc.returncode == 2 and "no Ray job server answers there" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -136,29 +116,9 @@ def test_submit_to_nowhere_is_a_clear_user_error(tmp_path, shapes_dir):
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """`mlflow server` on 127.0.0.1 with its own sqlite store and artifact folder, stopped by PID."""
-    import urllib.request
-
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    mlflow = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{root}/mlflow.db"], cwd=root,
-                            env=dict(_env(), MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.time() > deadline or proc.poll() is not None:
-            raise RuntimeError("mlflow server did not come up")
-        time.sleep(1)
+    proc, url = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"), free_port(), _env())
     yield url
-    _stop(proc, timeout=30)
+    stop(proc, timeout=30)
 
 
 def test_a_job_tracked_by_an_mlflow_server_registers_its_tokenizer(job_server, mlflow_server, tmp_path,

@@ -11,6 +11,7 @@ import json
 import sys
 
 from vqct.errors import TrainingFailed, UserError
+from vqct.launch.signals import interrupt_on_sigterm
 
 
 def _cmd_data_shapes(args: argparse.Namespace) -> dict:
@@ -233,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    interrupt_on_sigterm()
     try:
         result = args.func(args)
     except UserError as err:
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         print("vqct: interrupted", file=sys.stderr)
-        return 130
+        return 130  # 128 + SIGINT, for SIGTERM too: the run stopped on request
     if result is not None:
         sys.stdout.flush()
         print(json.dumps(result, default=str), flush=True)

@@ -126,12 +126,19 @@ def _validate(cfg: dict[str, Any]) -> None:
         "trainer.grad_accum": t["grad_accum"],
         "trainer.checkpoint_every": t["checkpoint_every"],
         "trainer.log_every": t["log_every"],
+        "trainer.image_every": t["image_every"],
+        "trainer.keep_checkpoints": t["keep_checkpoints"],
+        "trainer.max_bad_steps": t["max_bad_steps"],
+        "model.num_res_blocks": m["num_res_blocks"],
     }
     for key, value in positive.items():
         if value <= 0:
             raise UserError(f"config: {key}={value} must be a positive number")
-    if d["num_workers"] < 0:
-        raise UserError(f"config: data.num_workers={d['num_workers']} must be 0 or more")
+    for key, value in {"data.num_workers": d["num_workers"], "data.shuffle_buffer": d["shuffle_buffer"],
+                       "trainer.max_failures": t["max_failures"],
+                       "loss.disc_start": cfg["loss"]["disc_start"], "optim.warmup_steps": cfg["optim"]["warmup_steps"]}.items():
+        if value < 0:
+            raise UserError(f"config: {key}={value} must be 0 or more")
     if t["zero_stage"] not in (0, 1, 2, 3):
         raise UserError(f"config: trainer.zero_stage={t['zero_stage']} must be 0, 1, 2 or 3")
     if t["precision"] not in ("fp32", "bf16"):

@@ -134,6 +134,8 @@ class TrainerCfg:
     grad_accum: int = 1
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
+    max_failures: int = 3  # worker-group restarts from the last checkpoint before the run fails
+    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     resume: bool = False
     run_name: Optional[str] = None  # default: "<recipe>-<timestamp>"
     storage_path: str = "runs"

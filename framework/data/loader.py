@@ -34,6 +34,7 @@ class SkipCounter:
     def __init__(self):
         self.counts = dict.fromkeys(SKIP_KINDS, 0)
         self._warned = 0
+        self._inner_error_source = None
 
     def add(self, kind: str, detail: str = "") -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -42,8 +43,19 @@ class SkipCounter:
             print(f"warning: skipped sample ({kind}) {detail}", file=sys.stderr)
 
     def tar_handler(self, exn: Exception) -> bool:
-        """webdataset handler for unreadable shards and broken tar members: count, go on."""
-        self.add("tar_error", f"{type(exn).__name__}: {exn}")
+        """webdataset handler for unreadable shards and broken tar members: count, go on.
+
+        A tar cut short reaches the handler twice: from the member being read (message
+        tagged "@ <stream>"), then from the shard's expander (args end with stream, url).
+        Count it once."""
+        args = getattr(exn, "args", ())
+        if len(args) >= 2 and hasattr(args[-2], "read"):  # the expander's report
+            if self._inner_error_source == str(args[-2]):
+                self._inner_error_source = None
+                return True
+        elif args and " @ " in str(args[0]):  # the member's report
+            self._inner_error_source = str(args[0]).rsplit(" @ ", 1)[1]
+        self.add("tar_error", f"{type(exn).__name__}: {str(exn)[:300]}")
         return True
 
 

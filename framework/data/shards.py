@@ -39,8 +39,9 @@ def _expand_one(spec: str) -> list[str]:
     return urls
 
 
-def resolve_shards(spec: Any, what: str = "data.train_shards") -> list[str]:
-    """Expand SPEC to shard URLs; fail with one clear line when no shard is there."""
+def resolve_shards(spec: Any, what: str = "data.train_shards", missing_out: list | None = None) -> list[str]:
+    """Expand SPEC to shard URLs; fail with one clear line when no shard is there. Local
+    shards that are listed but absent are dropped with a warning (and added to MISSING_OUT)."""
     specs = [spec] if isinstance(spec, str) else list(spec or [])
     urls = [url for s in specs for url in _expand_one(str(s))]
     local = [u for u in urls if not is_remote(u)]
@@ -55,6 +56,8 @@ def resolve_shards(spec: Any, what: str = "data.train_shards") -> list[str]:
         print(f"warning: {what}: {len(missing)} of {len(urls)} shards are missing and are "
               f"skipped (first: {missing[0]})", file=sys.stderr)
         absent = set(missing)
+        if missing_out is not None:
+            missing_out.extend(missing)
         urls = [u for u in urls if u not in absent]
     return urls
 

@@ -15,9 +15,12 @@ from vqct.config.compose import config_hash
 from vqct.errors import TrainingFailed, UserError
 from vqct.data.shards import check_reader_count, resolve_shards
 from vqct.launch.ray_connect import connect
-from vqct.launch.runs import choose_run, write_run
+from vqct.launch.runs import choose_run, repair_ray_snapshot, take_stop, write_run
+from vqct.launch.signals import interrupt_on_sigterm
+from vqct.train.checkpoint_integrity import choose_checkpoint
 from vqct.tracking.registry import register_run
-from vqct.tracking.mlflow_run import absolute_uri, close_run, log_config_copy, open_run, tag_checkpoint, worker_env
+from vqct.tracking.mlflow_run import (absolute_uri, close_run, log_config_copy, log_start_metrics, open_run,
+                                      tag_checkpoint, worker_env)
 
 
 def _worker_env(cfg: dict) -> dict[str, str]:
@@ -34,7 +37,7 @@ def _worker_env(cfg: dict) -> dict[str, str]:
 
 
 def _trainer(cfg: dict, loop_config: dict, run_name: str, storage: Path):
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from vqct.train.loop import train_loop_per_worker
@@ -47,19 +50,24 @@ def _trainer(cfg: dict, loop_config: dict, run_name: str, storage: Path):
                                      resources_per_worker={"CPU": t["cpus_per_worker"]}),
         torch_config=TorchConfig(backend="nccl" if t["use_gpu"] else "gloo"),
         run_config=RunConfig(name=run_name, storage_path=str(storage),
-                             checkpoint_config=CheckpointConfig(num_to_keep=t["keep_checkpoints"])),
+                             checkpoint_config=CheckpointConfig(num_to_keep=t["keep_checkpoints"]),
+                             # A lost worker restarts the whole group from the last checkpoint.
+                             failure_config=FailureConfig(max_failures=t["max_failures"])),
     )
 
 
 def train(cfg: dict) -> dict:
     t, d = cfg["trainer"], cfg["data"]
-    train_urls = resolve_shards(d["train_shards"], "data.train_shards")
+    missing: list[str] = []
+    train_urls = resolve_shards(d["train_shards"], "data.train_shards", missing)
     check_reader_count(train_urls, t["num_workers"], d["num_workers"], "data.train_shards")
     val_urls = resolve_shards(d["val_shards"] or d["train_shards"], "data.val_shards")
     check_reader_count(val_urls, t["num_workers"], d["num_workers"], "data.val_shards")
     cfg["tracking"]["uri"] = absolute_uri(cfg["tracking"]["uri"])
     storage = Path(t["storage_path"]).expanduser().resolve()
     run_name, previous = choose_run(storage, cfg["recipe"], t["run_name"], t["resume"])
+    if previous:
+        repair_ray_snapshot(storage / run_name)
     priors_dir = None
     if cfg["quantizer"]["name"] == "vqct":  # built once here, loaded by every worker
         from vqct.text.priors import ensure_priors
@@ -69,8 +77,9 @@ def train(cfg: dict) -> dict:
         print(f"priors {'built' if built else 'reused'}: {path} ({manifest['report']})", file=sys.stderr)
 
     connected = connect(t["num_workers"] * t["cpus_per_worker"], _worker_env(cfg))
+    interrupt_on_sigterm()
     try:
-        return _fit(cfg, train_urls, val_urls, storage, run_name, previous, priors_dir)
+        return _fit(cfg, train_urls, val_urls, storage, run_name, previous, priors_dir, len(missing))
     finally:
         if connected:  # also drains the workers' forwarded logs before the final JSON line
             import ray
@@ -78,8 +87,24 @@ def train(cfg: dict) -> dict:
             ray.shutdown()
 
 
+def _where_to_resume(run_dir: Path) -> str:
+    checkpoint, _ = choose_checkpoint(run_dir)
+    kept = f"last intact checkpoint {checkpoint}" if checkpoint else "no checkpoint was saved yet"
+    return f"{kept}; resume with trainer.resume=true trainer.run_name={run_dir.name}"
+
+
 def _worker_errors(exc: BaseException) -> str:
     """The workers' own exceptions, one line each, instead of Ray's truncated tracebacks."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RaySystemError
+
+    lost, seen = exc, set()
+    while lost is not None and id(lost) not in seen:  # the error itself, or what caused it
+        if isinstance(lost, (ActorDiedError, ActorUnavailableError, RaySystemError)):
+            # The head (or the training controller's node) went away under the driver.
+            first = str(lost).splitlines()[0][:160] if str(lost) else ""
+            return f"lost contact with the Ray cluster ({type(lost).__name__}: {first})"
+        seen.add(id(lost))
+        lost = lost.__cause__ or lost.__context__
     failures = getattr(exc, "worker_failures", None)
     if not failures:
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -88,7 +113,7 @@ def _worker_errors(exc: BaseException) -> str:
 
 
 def _fit(cfg: dict, train_urls, val_urls, storage: Path, run_name: str, previous: dict | None,
-         priors_dir: str | None) -> dict:
+         priors_dir: str | None, missing_shards: int) -> dict:
     uri = cfg["tracking"]["uri"]
     try:
         run_id = open_run(cfg, run_name, previous["mlflow_run_id"] if previous else None)
@@ -100,17 +125,25 @@ def _fit(cfg: dict, train_urls, val_urls, storage: Path, run_name: str, previous
         log_config_copy(uri, run_id, cfg, f"resolved_resume_to_step{cfg['trainer']['max_steps']}.yaml")
     write_run(storage / run_name, {"mlflow_run_id": run_id, "recipe": cfg["recipe"],
                                    "config_hash": config_hash(cfg), "tracking_uri": uri})
+    log_start_metrics(uri, run_id, {"data/missing_shards": missing_shards, "data/train_shards": len(train_urls)})
     print(f"run {run_name}: MLflow run {run_id} at {uri}", file=sys.stderr)
+    take_stop(storage / run_name)  # a stop left by an earlier attempt is history now
     loop_config = {"cfg": cfg, "mlflow_run_id": run_id, "train_urls": train_urls, "val_urls": val_urls,
-                   "priors_dir": priors_dir}
+                   "priors_dir": priors_dir, "run_dir": str(storage / run_name)}
     try:
         result = _trainer(cfg, loop_config, run_name, storage).fit()
     except BaseException as exc:
         close_run(uri, run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         if isinstance(exc, KeyboardInterrupt):
+            print(f"stopped: {_where_to_resume(storage / run_name)}", file=sys.stderr)
             raise
         raise TrainingFailed(f"training run {run_name} failed: {_worker_errors(exc)}; "
-                             f"resume with trainer.resume=true trainer.run_name={run_name}") from exc
+                             f"{_where_to_resume(storage / run_name)}") from exc
+    stopped = take_stop(storage / run_name)
+    if stopped:
+        close_run(uri, run_id, "FAILED")
+        raise TrainingFailed(f"training run {run_name} stopped at step {stopped['step']}: {stopped['reason']}; "
+                             f"{_where_to_resume(storage / run_name)}")
     close_run(uri, run_id, "FINISHED")
     checkpoint = result.checkpoint.path if result.checkpoint else None
     tag_checkpoint(uri, run_id, checkpoint)

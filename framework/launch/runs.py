@@ -7,6 +7,7 @@ MLflow run id so that a resumed run logs into the same MLflow run.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +25,26 @@ def write_run(run_dir: Path, info: dict) -> None:
     tmp = run_dir / f".{RUN_FILE}.tmp"
     tmp.write_text(json.dumps(info, indent=2))
     tmp.replace(run_dir / RUN_FILE)  # atomic: never a half-written run file
+
+
+STOP_FILE = "vqct_stopped.json"
+
+
+def write_stop(run_dir: Path, step: int, reason: str) -> None:
+    """Rank 0: the run stopped for a reason a retry would repeat (see errors.RunStopped)."""
+    tmp = run_dir / f".{STOP_FILE}.tmp"
+    tmp.write_text(json.dumps({"step": step, "reason": reason}))
+    tmp.replace(run_dir / STOP_FILE)
+
+
+def take_stop(run_dir: Path) -> dict | None:
+    """The driver: the stop the workers left, if any (removed, so a resume starts clean)."""
+    path = run_dir / STOP_FILE
+    if not path.is_file():
+        return None
+    stop = json.loads(path.read_text())
+    path.unlink()
+    return stop
 
 
 def _latest_for_recipe(storage: Path, recipe: str) -> Path | None:
@@ -46,3 +67,28 @@ def choose_run(storage: Path, recipe: str, run_name: str | None, resume: bool) -
         raise UserError(f"run '{name}' already exists under {storage}: pass trainer.resume=true to "
                         "continue it, or choose another trainer.run_name")
     return name, None
+
+
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def repair_ray_snapshot(run_dir: Path) -> None:
+    """Ray Train restores a run from its checkpoint snapshot, which it writes in place: a
+    driver killed mid-write leaves it truncated, and a checkpoint it lists may be gone.
+    Either would stop the resume inside Ray, so move such a snapshot aside; the workers
+    then find the newest intact checkpoint by themselves (train/checkpoint_integrity.py)."""
+    path = run_dir / RAY_SNAPSHOT
+    if not path.is_file():
+        return
+    try:
+        snapshot = json.loads(path.read_text())
+        listed = [r["checkpoint_dir_name"] for r in snapshot.get("checkpoint_results", [])]
+        missing = [name for name in listed if not (run_dir / name).is_dir()]
+        problem = f"lists missing checkpoint {missing[0]}" if missing else None
+    except (ValueError, KeyError, TypeError) as exc:
+        problem = f"is unreadable ({type(exc).__name__})"
+    if problem:
+        aside = path.with_name(f"{RAY_SNAPSHOT}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        path.rename(aside)
+        print(f"warning: Ray Train's snapshot {path} {problem}; moved to {aside.name}, "
+              "resuming from the newest intact checkpoint instead", file=sys.stderr)

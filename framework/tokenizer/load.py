@@ -16,7 +16,7 @@ from vqct.align.heads import context_length
 from vqct.align.heads import enabled as align_enabled
 from vqct.errors import UserError
 from vqct.tokenizer.model import VQTokenizer, build_tokenizer
-from vqct.train.checkpoint import STATE_FILE, TAG
+from vqct.train.checkpoint import STATE_FILE, TAG, trusted_loading
 
 
 def read_state(checkpoint: str | Path) -> dict:
@@ -52,6 +52,7 @@ def load_tokenizer(checkpoint: str | Path, device: str | torch.device = "cpu",
 
         text_encoder = TextEncoder(cfg["text"]["model"], context_length(cfg))
     model = build_tokenizer(cfg, priors, text_encoder)
-    weights = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint / "generator"), tag=TAG)
+    with trusted_loading():
+        weights = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint / "generator"), tag=TAG)
     model.load_state_dict(weights)
     return model.eval().to(device), cfg

@@ -2,6 +2,9 @@
 
 When the tracking server fails, metrics stay in a bounded buffer and are sent with the
 next successful write; a warning is printed once per outage.
+
+A restarted attempt (worker lost, run resumed) repeats the steps after its checkpoint;
+steps the run already logged are not logged again, so every step has one value.
 """
 
 from __future__ import annotations
@@ -20,10 +23,20 @@ class MetricLogger:
         self.run_id = run_id
         self.buffer: deque = deque(maxlen=max_buffer)
         self.failing = False
+        self.logged_through = self._last_logged_step()
 
-    def log(self, metrics: dict[str, float], step: int) -> None:
+    def _last_logged_step(self, key: str = "perf/step_time_s") -> int:
+        """The last step an earlier attempt of this run logged (-1: none, or unknown)."""
+        try:
+            return max((m.step for m in self.client.get_metric_history(self.run_id, key)), default=-1)
+        except Exception:
+            return -1  # tracking down: its steps may then repeat, but training goes on
+
+    def log(self, metrics: dict[str, float], step: int, force: bool = False) -> None:
         from mlflow.entities import Metric
 
+        if step <= self.logged_through and not force:
+            return
         now = int(time.time() * 1000)
         self.buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
         self.flush()

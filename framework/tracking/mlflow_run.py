@@ -102,6 +102,18 @@ def tag_checkpoint(uri: str, run_id: str, path: str | None) -> None:
         print(f"warning: could not tag MLflow run {run_id} with its checkpoint: {exc}", file=sys.stderr)
 
 
+def log_start_metrics(uri: str, run_id: str, metrics: dict[str, float]) -> None:
+    """Figures the driver knows before training (shards found, shards missing), at step 0."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, float(value), step=0)
+    except Exception as exc:
+        print(f"warning: could not log {', '.join(metrics)} to MLflow: {exc}", file=sys.stderr)
+
+
 def log_config_copy(uri: str, run_id: str, cfg: dict, name: str) -> None:
     from mlflow.tracking import MlflowClient
 

@@ -1,22 +1,55 @@
 """Checkpoint contents: two DeepSpeed checkpoints (generator, discriminator) and our own
-small state (step, MLflow run id, codebook-usage window) as JSON + safetensors.
+small state (step, MLflow run id, codebook-usage window, fault counters) as JSON +
+safetensors, with a per-rank manifest that proves the files complete
+(train/checkpoint_integrity.py).
 
 Every rank saves into its own local directory; Ray Train merges the ranks' directories
-into one checkpoint and registers it only once every rank has reported, so a crash
-mid-write never replaces the last complete checkpoint. Nothing here is a pickle.
+into one checkpoint and registers it only once every rank has reported. Nothing is
+unpickled: DeepSpeed's .pt files are read with torch.load(weights_only=True).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-STATE_FILE = "vqct_state.json"
+from vqct.train.checkpoint_integrity import STATE_FILE, atomic_write_text, verify_checkpoint, write_manifest
+
 USAGE_FILE = "usage_window.safetensors"
 TAG = "state"
+
+
+def _deepspeed_checkpoint_types() -> list:
+    """The only non-tensor classes in DeepSpeed's optimizer files (found by
+    torch.serialization.get_unsafe_globals_in_checkpoint over ZeRO 0-3 x fp32/bf16):
+    plain data holders that construct no code."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+@contextlib.contextmanager
+def trusted_loading():
+    """Every torch.load inside — DeepSpeed's own, which pass weights_only=False, included —
+    runs as weights_only=True with DeepSpeed's data classes allowlisted: a tampered
+    checkpoint fails to load instead of running code."""
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(_deepspeed_checkpoint_types()):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
 
 
 def save_checkpoint(directory: Path, gen, disc, state: dict, usage_windows: dict[str, list[torch.Tensor]],
@@ -28,21 +61,21 @@ def save_checkpoint(directory: Path, gen, disc, state: dict, usage_windows: dict
         windows = {name: torch.stack(w) for name, w in usage_windows.items() if w}
         if windows:
             save_file(windows, str(directory / USAGE_FILE))
-        (directory / STATE_FILE).write_text(json.dumps(state, indent=2))
+        atomic_write_text(directory / STATE_FILE, json.dumps(state, indent=2))
+    write_manifest(directory, rank)  # last: its presence says this rank's files are complete
 
 
 def load_checkpoint(directory: Path, gen, disc) -> tuple[dict, dict[str, list[torch.Tensor]]]:
-    """Collective: restores both engines (weights, optimizer, lr schedule); returns our state."""
+    """Collective: restores both engines (weights, optimizer, lr schedule); returns our state.
+    Raises DamagedCheckpoint when the files do not match their manifests."""
     directory = Path(directory)
-    state_path = directory / STATE_FILE
-    if not state_path.is_file():
-        raise FileNotFoundError(f"checkpoint {directory} has no {STATE_FILE}: not a vqct checkpoint")
-    state = json.loads(state_path.read_text())
-    for engine, name in ((gen, "generator"), (disc, "discriminator")):
-        path, _ = engine.load_checkpoint(str(directory / name), tag=TAG, load_optimizer_states=True,
-                                         load_lr_scheduler_states=True)
-        if path is None:
-            raise FileNotFoundError(f"checkpoint {directory / name} could not be loaded by DeepSpeed")
+    state = verify_checkpoint(directory)
+    with trusted_loading():
+        for engine, name in ((gen, "generator"), (disc, "discriminator")):
+            path, _ = engine.load_checkpoint(str(directory / name), tag=TAG, load_optimizer_states=True,
+                                             load_lr_scheduler_states=True)
+            if path is None:
+                raise FileNotFoundError(f"checkpoint {directory / name} could not be loaded by DeepSpeed")
     windows = {}
     if (directory / USAGE_FILE).is_file():
         windows = {name: list(t) for name, t in load_file(str(directory / USAGE_FILE)).items()}

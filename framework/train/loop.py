@@ -20,15 +20,19 @@ import torch.distributed as dist
 
 from vqct.align.heads import context_length
 from vqct.align.heads import enabled as align_enabled
-from vqct.data.loader import make_loader
+from vqct.data.loader import NoUsableSamples, make_loader
+from vqct.errors import RunStopped
 from vqct.eval.reconstruction import evaluate_reconstruction, to_unit
+from vqct.launch.runs import write_stop
 from vqct.models.discriminator import PatchDiscriminator
 from vqct.models.losses import build_perceptual
 from vqct.quantize import CodebookUsage, perplexity
 from vqct.text.priors import load_priors
 from vqct.tokenizer import build_tokenizer
 from vqct.train.checkpoint import load_checkpoint, save_checkpoint
+from vqct.train.checkpoint_integrity import choose_checkpoint
 from vqct.train.engines import build_engines, compute_dtype
+from vqct.train.numerics import NonFiniteGuard, NonFiniteLoss
 from vqct.train.step import LossWeights, train_micro_step
 
 
@@ -99,6 +103,7 @@ class Worker:
 
         self.cfg = cfg = config["cfg"]
         self.run_id = config["mlflow_run_id"]
+        self.run_dir = Path(config["run_dir"])
         self.train_urls, self.val_urls = config["train_urls"], config["val_urls"]
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
@@ -130,6 +135,9 @@ class Worker:
         self.step = 0
         self.images_seen = 0
         self.train_seconds = 0.0
+        self.checkpoint_step = None  # step of the last checkpoint saved or restored
+        self.skipped_before = {}  # data skip counts of earlier attempts, from the checkpoint
+        self.guard = NonFiniteGuard(cfg["trainer"]["max_bad_steps"])
         self.logger = None
         if self.rank == 0:
             from vqct.tracking.metric_logger import MetricLogger
@@ -137,44 +145,62 @@ class Worker:
             self.logger = MetricLogger(cfg["tracking"]["uri"], self.run_id)
 
     # ---- checkpoints ---------------------------------------------------------------
-    def restore(self) -> None:
+    def _choose_checkpoint(self) -> Path | None:
+        """Ray's latest checkpoint if intact, else the newest intact one of the run; rank 0
+        decides (and says what it passed over) so that every rank loads the same."""
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
+        latest = ray.train.get_checkpoint()
+        choice: list = [None]
+        if self.rank == 0:
+            path, rejected = choose_checkpoint(self.run_dir, Path(latest.path) if latest else None)
+            for line in rejected:
+                print(f"warning: {line}", file=sys.stderr)
+            choice = [str(path) if path else None]
+        if dist.is_initialized():
+            dist.broadcast_object_list(choice, src=0)
+        return Path(choice[0]) if choice[0] else None
+
+    def restore(self) -> None:
+        directory = self._choose_checkpoint()
+        if directory is None:
             return
-        with checkpoint.as_directory() as directory:
-            state, windows = load_checkpoint(Path(directory), self.gen, self.disc)
-        self.step = state["step"]
+        state, windows = load_checkpoint(directory, self.gen, self.disc)
+        self.step = self.checkpoint_step = state["step"]
         self.images_seen = state.get("images_seen", 0)
         self.train_seconds = state.get("train_seconds", 0.0)
+        self.skipped_before = state.get("skipped", {})
+        numerics = state.get("numerics", {})
+        self.guard = NonFiniteGuard(self.guard.limit, numerics.get("skipped_batches", 0),
+                                    numerics.get("skipped_steps", 0))
         for name, tracker in self.usage.items():
             tracker.restore(windows.get(name, []))
         if self.rank == 0:
-            print(f"resumed from step {self.step} ({checkpoint.path})", file=sys.stderr)
+            print(f"resumed from step {self.step} ({directory})", file=sys.stderr)
 
-    def save_and_report(self, metrics: dict) -> None:
+    def save_and_report(self, metrics: dict, skipped: dict) -> None:
         import ray.train
 
-        state = {"step": self.step, "mlflow_run_id": self.run_id, "images_seen": self.images_seen,
-                 "train_seconds": self.train_seconds, "recipe": self.cfg["recipe"],
-                 "config": self.cfg, "priors_dir": self.priors_dir}
+        state = {"step": self.step, "world_size": self.world, "mlflow_run_id": self.run_id,
+                 "images_seen": self.images_seen, "train_seconds": self.train_seconds,
+                 "recipe": self.cfg["recipe"], "config": self.cfg, "priors_dir": self.priors_dir,
+                 "skipped": skipped, "numerics": {"skipped_batches": self.guard.skipped_batches,
+                                                  "skipped_steps": self.guard.skipped_steps}}
         with tempfile.TemporaryDirectory(prefix="vqct-ckpt-") as tmp:
             windows = {name: list(t.window) for name, t in self.usage.items()}
             save_checkpoint(Path(tmp), self.gen, self.disc, state, windows, self.rank)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        self.checkpoint_step = self.step
 
     # ---- steps -----------------------------------------------------------------------
     def train_step(self, batches) -> dict:
         t0 = time.perf_counter()
         indices, sums = [], {}
         accum = self.cfg["trainer"]["grad_accum"]
-        for _ in range(accum):
-            batch = next(batches)
-            images = batch.images.to(self.device).to(self.dtype)
-            text, masked = self._captions(batch.captions)
-            metrics, idx, _ = train_micro_step(self.gen, self.disc, self.perceptual, images, self.step,
-                                               self.weights, text, masked)
+        while len(indices) < accum:
+            metrics, idx = self._micro_step(self._next_batch(batches))
+            if idx is None:
+                continue  # a micro-batch with a non-finite loss: replaced by the next one
             indices.append(idx)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v / accum
@@ -196,14 +222,46 @@ class Worker:
         })
         return sums
 
+    def _next_batch(self, batches):
+        """The next batch, or RunStopped on every rank when any rank's shards are all bad
+        (one rank stopping alone would leave the others waiting in a collective)."""
+        try:
+            batch, problem = next(batches), ""
+        except NoUsableSamples as exc:
+            batch, problem = None, str(exc)
+        flag = torch.tensor([1 if problem else 0], device=self.device)
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if int(flag):
+            raise RunStopped(problem or "another rank found no usable sample in its shards")
+        return batch
+
+    def _micro_step(self, batch):
+        """(metrics, code indices), or (None, None) when the batch's loss was not finite."""
+        images = batch.images.to(self.device).to(self.dtype)
+        text, masked = self._captions(batch.captions)
+        skipped = self.gen.skipped_steps + self.disc.skipped_steps
+        try:
+            metrics, idx, _ = train_micro_step(self.gen, self.disc, self.perceptual, images, self.step,
+                                               self.weights, text, masked)
+        except NonFiniteLoss as bad:
+            self.guard.bad_loss(bad.term, self.step + 1, self.checkpoint_step)
+            return None, None
+        if self.gen.skipped_steps + self.disc.skipped_steps > skipped:  # DeepSpeed's overflow skip
+            self.guard.bad_gradient(self.step + 1, self.checkpoint_step)
+        else:
+            self.guard.good()
+        return metrics, idx
+
     def _skipped(self, loader) -> dict:
-        kinds = sorted(loader.skipped)
-        counts = torch.tensor([loader.skipped[k] for k in kinds], dtype=torch.long, device=self.device)
+        """Data skip counts summed over ranks, plus those of earlier attempts of this run."""
+        kinds = sorted(set(loader.skipped) | set(self.skipped_before) - {"total"})
+        counts = torch.tensor([loader.skipped.get(k, 0) for k in kinds], dtype=torch.long, device=self.device)
         if dist.is_initialized():
             dist.all_reduce(counts)
-        out = {f"data/skipped_{k}": float(n) for k, n in zip(kinds, counts.tolist())}
-        out["data/skipped_total"] = float(counts.sum())
-        return out
+        totals = {k: int(n) + self.skipped_before.get(k, 0) for k, n in zip(kinds, counts.tolist())}
+        totals["total"] = sum(totals.values())
+        return totals
 
     def _captions(self, captions: list[str]):
         """Frozen text features of the batch's captions and LG-VQ's masked positions."""
@@ -236,27 +294,40 @@ class Worker:
         # A resumed run starts a fresh shuffle (epoch seed from the step), not a replay.
         train_loader = make_loader(self.train_urls, cfg["data"], cfg["seed"], train=True, start_epoch=self.step)
         val_loader = make_loader(self.val_urls, cfg["data"], cfg["seed"], train=False)
-        batches = iter(train_loader)
         progress = Progress(self.step, t["max_steps"]) if self.rank == 0 else None
-        metrics: dict = {}
+        try:
+            self._train(train_loader, val_loader, progress)
+        except RunStopped as exc:
+            # Left in the run directory for the driver, not raised: Ray Train would restart
+            # the workers from the same checkpoint and data, only to fail the same way.
+            if self.rank == 0:
+                self.logger.log(self.guard.metrics(), self.step, force=True)
+                write_stop(self.run_dir, self.step, _last_line(str(exc)))
+        finally:
+            if progress:
+                progress.close()
+            if self.logger:
+                self.logger.flush()
+
+    def _train(self, train_loader, val_loader, progress) -> None:
+        t = self.cfg["trainer"]
+        batches = iter(train_loader)
         while self.step < t["max_steps"]:
             metrics = self.train_step(batches)
             last = self.step == t["max_steps"]
             if self.step % t["image_every"] == 0 or last:
                 metrics.update(self.evaluate(val_loader))
+            save = self.step % t["checkpoint_every"] == 0 or last
             log_now = self.step == 1 or self.step % t["log_every"] == 0 or last or "val/psnr" in metrics
-            if log_now:  # every rank joins the all-reduce of the skip counts
-                metrics.update(self._skipped(train_loader))
+            skipped = self._skipped(train_loader) if log_now or save else {}  # a collective: all ranks
+            metrics.update({f"data/skipped_{k}": float(n) for k, n in skipped.items()})
+            metrics.update(self.guard.metrics())
             if self.rank == 0:
                 progress.update(metrics)
                 if log_now:
                     self.logger.log(metrics, self.step)
-            if self.step % t["checkpoint_every"] == 0 or last:
-                self.save_and_report(self.summary(metrics))
-        if progress:
-            progress.close()
-        if self.logger:
-            self.logger.flush()
+            if save:
+                self.save_and_report(self.summary(metrics), skipped)
 
     def summary(self, metrics: dict) -> dict:
         per_group = {}
@@ -275,6 +346,12 @@ class Worker:
             "images_per_s": self.images_seen / self.train_seconds if self.train_seconds else None,
             "rec_l1": metrics.get("loss/rec_l1"),
         }
+
+
+def _last_line(message: str) -> str:
+    """A DataLoader process's exception arrives wrapped in its traceback: keep its own line."""
+    line = message.strip().splitlines()[-1] if message.strip() else message
+    return line.split(": ", 1)[1] if line.startswith("vqct.") and ": " in line else line
 
 
 def _stdout_to_stderr() -> None:

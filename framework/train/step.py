@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from vqct.models.losses import adaptive_weight, conv_weight_grad, generator_adv_loss, hinge_d_loss
+from vqct.train.numerics import check_losses, skip_step_on_nonfinite_grads
 
 
 @dataclass
@@ -36,9 +37,11 @@ def _weight_shape(param: torch.nn.Parameter) -> torch.Size:
     return getattr(param, "ds_shape", param.shape)  # ZeRO-3 keeps the full shape in ds_shape
 
 
-def generator_step(gen, disc, perceptual, images: torch.Tensor, step: int, w: LossWeights,
-                   text: dict | None = None, masked: torch.Tensor | None = None):
-    """Generator update. The image-space losses are taken on a detached copy of the
+def generator_losses(gen, disc, perceptual, images: torch.Tensor, step: int, w: LossWeights,
+                     text: dict | None = None, masked: torch.Tensor | None = None):
+    """Generator forward and losses; returns (output, metrics, surrogate to backward).
+
+    The image-space losses are taken on a detached copy of the
     reconstruction, and their gradient is pushed back through the generator with one
     surrogate backward: d(surrogate)/d(params) equals d(loss)/d(params) exactly.
 
@@ -74,27 +77,39 @@ def generator_step(gen, disc, perceptual, images: torch.Tensor, step: int, w: Lo
         surrogate = surrogate + (w.align or {}).get(name, 0.0) * value
         total = total + (w.align or {}).get(name, 0.0) * value.detach()
         metrics[f"loss/{name}"] = value
-    gen.backward(surrogate)
-    gen.step()
     metrics["loss/total"] = total
-    return out, metrics
+    return out, metrics, surrogate
 
 
-def discriminator_step(disc, images: torch.Tensor, reconstruction: torch.Tensor, step: int, w: LossWeights) -> dict:
+def discriminator_losses(disc, images: torch.Tensor, reconstruction: torch.Tensor, step: int,
+                         w: LossWeights) -> tuple[dict, torch.Tensor | None]:
+    """Discriminator forward on the (detached) reconstruction; (metrics, loss or None)."""
     if step < w.disc_start or w.disc_factor <= 0:
-        return {}
+        return {}, None
     logits_real = disc(images.detach()).float()
     logits_fake = disc(reconstruction.detach()).float()
     d_loss = w.disc_factor * hinge_d_loss(logits_real, logits_fake)
-    disc.backward(d_loss)
-    disc.step()
-    return {"loss/disc": d_loss, "disc/logits_real": logits_real.mean(), "disc/logits_fake": logits_fake.mean()}
+    return {"loss/disc": d_loss, "disc/logits_real": logits_real.mean(),
+            "disc/logits_fake": logits_fake.mean()}, d_loss
+
+
+def _update(engine, loss: torch.Tensor) -> None:
+    engine.backward(loss)
+    with skip_step_on_nonfinite_grads(engine):
+        engine.step()
 
 
 def train_micro_step(gen, disc, perceptual, images: torch.Tensor, step: int, w: LossWeights,
                      text: dict | None = None, masked: torch.Tensor | None = None):
-    """Returns (float metrics, code indices of this micro-batch, reconstruction)."""
-    out, metrics = generator_step(gen, disc, perceptual, images, step, w, text, masked)
-    metrics.update(discriminator_step(disc, images, out.reconstruction, step, w))
+    """Returns (float metrics, code indices of this micro-batch, reconstruction). Raises
+    NonFiniteLoss, on every rank alike, when a loss term is NaN/Inf (nothing updated)."""
+    out, metrics, surrogate = generator_losses(gen, disc, perceptual, images, step, w, text, masked)
+    d_metrics, d_loss = discriminator_losses(disc, images, out.reconstruction, step, w)
+    metrics.update(d_metrics)
+    # Every term is checked before either backward (the first collective): all or nothing.
+    check_losses({k: v for k, v in metrics.items() if k.startswith("loss/")})
+    _update(gen, surrogate)
+    if d_loss is not None:
+        _update(disc, d_loss)
     floats = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in metrics.items()}
     return floats, out.indices.detach(), out.reconstruction.detach()

@@ -1,0 +1,113 @@
+"""Is a checkpoint directory complete and intact, and which one should a run restore?
+
+Ray Train copies every rank's files into `checkpoint_<time>/` and registers the
+directory only once all ranks reported; a copy cut short (driver killed, disk full,
+node lost) leaves an unregistered, partial directory, and bit rot or a truncating copy
+can damage a registered one. So each rank also writes a manifest of the files it
+saved (size and SHA-256), renamed into place only after they are complete: a
+checkpoint counts only when every rank's manifest is there and every file matches.
+The restore walks the run's checkpoints newest first and takes the first intact one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+STATE_FILE = "vqct_state.json"
+MANIFEST = "vqct_manifest_rank{rank}.json"
+CHECKPOINT_PREFIX = "checkpoint_"
+
+
+class DamagedCheckpoint(Exception):
+    """The checkpoint is incomplete or its files do not match their manifest."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary name in the same directory, fsync, rename: all or nothing."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, rank: int) -> None:
+    """Called by each rank after it saved everything into its own DIRECTORY."""
+    files = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        name = path.relative_to(directory).as_posix()
+        if not name.startswith(("vqct_manifest_rank", ".")):
+            files[name] = [path.stat().st_size, _sha256(path)]
+    atomic_write_text(directory / MANIFEST.format(rank=rank), json.dumps({"rank": rank, "files": files}))
+
+
+def read_state(directory: Path) -> dict:
+    try:
+        return json.loads((directory / STATE_FILE).read_text())
+    except FileNotFoundError:
+        raise DamagedCheckpoint(f"no {STATE_FILE}") from None
+    except (OSError, ValueError) as exc:
+        raise DamagedCheckpoint(f"{STATE_FILE} unreadable ({exc})") from None
+
+
+def verify_checkpoint(directory: Path) -> dict:
+    """Returns the checkpoint's state; raises DamagedCheckpoint naming the first fault."""
+    state = read_state(directory)
+    for rank in range(int(state.get("world_size", 1))):
+        manifest = directory / MANIFEST.format(rank=rank)
+        try:
+            files = json.loads(manifest.read_text())["files"]
+        except FileNotFoundError:
+            raise DamagedCheckpoint(f"rank {rank}'s manifest is missing (write cut short)") from None
+        except (OSError, ValueError, KeyError) as exc:
+            raise DamagedCheckpoint(f"{manifest.name} unreadable ({exc})") from None
+        for name, (size, digest) in files.items():
+            path = directory / name
+            if not path.is_file():
+                raise DamagedCheckpoint(f"{name} is missing")
+            if path.stat().st_size != size:
+                raise DamagedCheckpoint(f"{name} has {path.stat().st_size} bytes, expected {size}")
+            if _sha256(path) != digest:
+                raise DamagedCheckpoint(f"{name} does not match its checksum")
+    return state
+
+
+def _step_of(directory: Path) -> int:
+    try:
+        return int(read_state(directory).get("step", -1))
+    except DamagedCheckpoint:
+        return -1
+
+
+def checkpoints_newest_first(run_dir: Path, preferred: Path | None = None) -> list[Path]:
+    """The run's checkpoints (and PREFERRED, Ray's latest, wherever it is) by step, newest
+    first. Ray's latest is not always the newest: a checkpoint whose files all landed
+    before the driver died is complete (its manifests say so) but never registered."""
+    found = [p for p in run_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()] if run_dir.is_dir() else []
+    if preferred is not None and all(p.resolve() != Path(preferred).resolve() for p in found):
+        found.append(Path(preferred))
+    return sorted(found, key=lambda p: (_step_of(p), p.name), reverse=True)
+
+
+def choose_checkpoint(run_dir: Path, preferred: Path | None = None) -> tuple[Path | None, list[str]]:
+    """The newest intact checkpoint (or None) and one line per damaged one passed over."""
+    rejected = []
+    for candidate in checkpoints_newest_first(run_dir, preferred):
+        try:
+            verify_checkpoint(candidate)
+            return candidate, rejected
+        except DamagedCheckpoint as exc:
+            rejected.append(f"checkpoint {candidate.name} is damaged ({exc}): skipped")
+    return None, rejected

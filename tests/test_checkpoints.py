@@ -1,0 +1,147 @@
+"""Checkpoint integrity: manifests catch truncated, altered and half-copied checkpoints, the
+restore falls back to the newest intact one, nothing is unpickled, and a full disk fails
+only the write in progress."""
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from vqct.launch.runs import RAY_SNAPSHOT, repair_ray_snapshot
+from vqct.train.checkpoint import trusted_loading
+from vqct.train.checkpoint_integrity import (DamagedCheckpoint, STATE_FILE, choose_checkpoint, verify_checkpoint,
+                                             write_manifest)
+
+
+def _fake_checkpoint(run_dir: Path, step: int, world: int = 2) -> Path:
+    """A checkpoint as Ray Train assembles it: each rank's files, then its manifest."""
+    directory = run_dir / f"checkpoint_2026-11-22_00-00-{step:02d}.000000"
+    for rank in range(world):
+        rank_dir = run_dir / f"rank{rank}-{step}"
+        (rank_dir / "generator" / "state").mkdir(parents=True)
+        torch.save({"w": torch.full((64,), float(step + rank))},
+                   rank_dir / "generator" / "state" / f"zero_pp_rank_{rank}_optim_states.pt")
+        if rank == 0:
+            (rank_dir / STATE_FILE).write_text(json.dumps({"step": step, "world_size": world}))
+        write_manifest(rank_dir, rank)
+        shutil.copytree(rank_dir, directory, dirs_exist_ok=True)
+        shutil.rmtree(rank_dir)
+    return directory
+
+
+def _shard(directory: Path, rank: int = 1) -> Path:
+    return directory / "generator" / "state" / f"zero_pp_rank_{rank}_optim_states.pt"
+
+
+def test_an_intact_checkpoint_verifies(tmp_path):
+    assert verify_checkpoint(_fake_checkpoint(tmp_path, 10))["step"] == 10
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda d: _shard(d).write_bytes(_shard(d).read_bytes()[:100]), "bytes, expected"),
+    (lambda d: _shard(d).write_bytes(bytes([_shard(d).read_bytes()[0] ^ 1]) + _shard(d).read_bytes()[1:]),
+     "checksum"),
+    (lambda d: _shard(d).unlink(), "is missing"),
+    (lambda d: (d / "vqct_manifest_rank1.json").unlink(), "rank 1's manifest is missing"),
+    (lambda d: (d / STATE_FILE).write_text('{"step": 1'), "unreadable"),
+])
+def test_damage_is_detected_and_named(tmp_path, damage, needle):
+    directory = _fake_checkpoint(tmp_path, 10)
+    damage(directory)
+    with pytest.raises(DamagedCheckpoint, match=needle):
+        verify_checkpoint(directory)
+
+
+def test_restore_passes_over_a_damaged_latest_to_the_previous_one(tmp_path):
+    """By step, not by Ray's registration: a damaged newest is named and passed over."""
+    _fake_checkpoint(tmp_path, 10)
+    middle = _fake_checkpoint(tmp_path, 20)
+    latest = _fake_checkpoint(tmp_path, 30)
+    _shard(latest).write_bytes(b"")  # truncated to nothing
+    chosen, rejected = choose_checkpoint(tmp_path, preferred=middle)  # Ray's latest may lag behind
+    assert chosen == middle
+    assert len(rejected) == 1 and latest.name in rejected[0] and "damaged" in rejected[0]
+    assert choose_checkpoint(tmp_path / "nothing-here") == (None, [])
+
+
+def test_a_complete_checkpoint_ray_never_registered_is_used(tmp_path):
+    """The driver died after every rank's files landed, before Ray recorded the checkpoint."""
+    registered = _fake_checkpoint(tmp_path, 10)
+    unregistered = _fake_checkpoint(tmp_path, 15)
+    assert choose_checkpoint(tmp_path, preferred=registered) == (unregistered, [])
+
+
+def test_a_checkpoint_cut_short_by_a_full_disk_leaves_the_previous_one_usable(tmp_path):
+    """A small tmpfs fills up while the second checkpoint is copied into it the way Ray
+    Train uploads one (pyarrow's copy_files): only that copy fails."""
+    from pyarrow import fs
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    source = tmp_path / "local"
+    first, second = _fake_checkpoint(source, 10), _fake_checkpoint(source, 20)
+    big = second / "generator" / "state" / "zero_pp_rank_0_optim_states.pt"
+    torch.save({"w": torch.zeros(400_000)}, big)  # 1.6 MB: more than the disk has left
+    write_manifest(second, 0)
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    size = sum(p.stat().st_size for p in first.rglob("*") if p.is_file()) + 256 * 1024
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(storage)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        fs.copy_files(str(first), str(storage / first.name))
+        with pytest.raises(OSError):
+            fs.copy_files(str(second), str(storage / second.name))
+        with pytest.raises(DamagedCheckpoint):
+            verify_checkpoint(storage / second.name)  # the partial copy is there, and known for one
+        chosen, _ = choose_checkpoint(storage, preferred=storage / second.name)
+        assert chosen == storage / first.name and verify_checkpoint(chosen)["step"] == 10
+    finally:
+        subprocess.run(["umount", str(storage)], check=True)
+
+
+class _Exploit:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_tampered_checkpoint_file_is_refused_not_run(tmp_path):
+    marker = tmp_path / f"pwned-{uuid.uuid4().hex}"
+    evil = tmp_path / "mp_rank_00_model_states.pt"
+    torch.save({"module": {"w": torch.ones(2)}, "extra": _Exploit(marker)}, evil)
+    with trusted_loading():
+        with pytest.raises(pickle.UnpicklingError):
+            torch.load(evil, weights_only=False)  # DeepSpeed's own call, overridden
+    assert not marker.exists()
+    assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") is None  # restored afterwards
+    torch.load(evil, weights_only=False)  # the same file outside the guard runs its code
+    assert marker.exists()
+
+
+def test_a_truncated_or_dangling_ray_snapshot_is_moved_aside(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / RAY_SNAPSHOT).write_text('{"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_')
+    repair_ray_snapshot(run_dir)
+    assert not (run_dir / RAY_SNAPSHOT).exists()
+    assert len(list(run_dir.glob(f"{RAY_SNAPSHOT}.damaged-*"))) == 1
+    assert "unreadable" in capsys.readouterr().err
+
+    good = {"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_a"}]}
+    (run_dir / "checkpoint_a").mkdir()
+    (run_dir / RAY_SNAPSHOT).write_text(json.dumps(good))
+    repair_ray_snapshot(run_dir)
+    assert (run_dir / RAY_SNAPSHOT).exists()  # consistent: left alone
+    (run_dir / "checkpoint_a").rmdir()
+    repair_ray_snapshot(run_dir)
+    assert not (run_dir / RAY_SNAPSHOT).exists()
+    assert "lists missing checkpoint checkpoint_a" in capsys.readouterr().err
