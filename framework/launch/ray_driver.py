@@ -125,7 +125,8 @@ def _fit(cfg: dict, train_urls, val_urls, storage: Path, run_name: str, previous
         log_config_copy(uri, run_id, cfg, f"resolved_resume_to_step{cfg['trainer']['max_steps']}.yaml")
     write_run(storage / run_name, {"mlflow_run_id": run_id, "recipe": cfg["recipe"],
                                    "config_hash": config_hash(cfg), "tracking_uri": uri})
-    log_start_metrics(uri, run_id, {"data/missing_shards": missing_shards, "data/train_shards": len(train_urls)})
+    if not previous:  # once per run: step 0 has one value
+        log_start_metrics(uri, run_id, {"data/missing_shards": missing_shards, "data/train_shards": len(train_urls)})
     print(f"run {run_name}: MLflow run {run_id} at {uri}", file=sys.stderr)
     take_stop(storage / run_name)  # a stop left by an earlier attempt is history now
     loop_config = {"cfg": cfg, "mlflow_run_id": run_id, "train_urls": train_urls, "val_urls": val_urls,

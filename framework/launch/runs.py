@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from vqct.errors import UserError
+from vqct.files import atomic_write_text
 
 RUN_FILE = "vqct_run.json"
 
@@ -22,9 +23,7 @@ def read_run(run_dir: Path) -> dict:
 
 def write_run(run_dir: Path, info: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{RUN_FILE}.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(run_dir / RUN_FILE)  # atomic: never a half-written run file
+    atomic_write_text(run_dir / RUN_FILE, json.dumps(info, indent=2))
 
 
 STOP_FILE = "vqct_stopped.json"
@@ -32,9 +31,7 @@ STOP_FILE = "vqct_stopped.json"
 
 def write_stop(run_dir: Path, step: int, reason: str) -> None:
     """Rank 0: the run stopped for a reason a retry would repeat (see errors.RunStopped)."""
-    tmp = run_dir / f".{STOP_FILE}.tmp"
-    tmp.write_text(json.dumps({"step": step, "reason": reason}))
-    tmp.replace(run_dir / STOP_FILE)
+    atomic_write_text(run_dir / STOP_FILE, json.dumps({"step": step, "reason": reason}))
 
 
 def take_stop(run_dir: Path) -> dict | None:

@@ -22,16 +22,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vqct.errors import UserError
+from vqct.files import sha256_file
 
 FILES = ("priors.safetensors", "vocab.json")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _shard_identity(url: str) -> str:
@@ -91,7 +84,7 @@ def verify(path: Path) -> bool:
         return False
     try:
         manifest = json.loads(manifest_path.read_text())
-        return all(_sha256(path / name) == manifest["sha256"][name] for name in FILES)
+        return all(sha256_file(path / name) == manifest["sha256"][name] for name in FILES)
     except (OSError, ValueError, KeyError):
         return False
 
@@ -124,7 +117,7 @@ def build_priors(cfg: dict, shard_urls: list[str], path: Path) -> dict:
         "pairs": vocab.pairs, "report": vocab.report}, indent=1))
     manifest = {"inputs": priors_inputs(cfg, shard_urls), "text_model": text["model"],
                 "embedding_dim": int(adj_emb.shape[1]), "edges": int(edge_index.shape[1]),
-                "report": vocab.report, "sha256": {name: _sha256(tmp / name) for name in FILES}}
+                "report": vocab.report, "sha256": {name: sha256_file(tmp / name) for name in FILES}}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     if path.exists():
         shutil.rmtree(path)

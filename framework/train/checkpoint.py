@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from vqct.train.checkpoint_integrity import STATE_FILE, atomic_write_text, verify_checkpoint, write_manifest
+from vqct.files import atomic_write_text
+from vqct.train.checkpoint_integrity import STATE_FILE, verify_checkpoint, write_manifest
 
 USAGE_FILE = "usage_window.safetensors"
 TAG = "state"

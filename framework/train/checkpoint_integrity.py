@@ -11,10 +11,10 @@ The restore walks the run's checkpoints newest first and takes the first intact 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
+
+from vqct.files import atomic_write_text, sha256_file
 
 STATE_FILE = "vqct_state.json"
 MANIFEST = "vqct_manifest_rank{rank}.json"
@@ -25,31 +25,13 @@ class DamagedCheckpoint(Exception):
     """The checkpoint is incomplete or its files do not match their manifest."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary name in the same directory, fsync, rename: all or nothing."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(directory: Path, rank: int) -> None:
     """Called by each rank after it saved everything into its own DIRECTORY."""
     files = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         name = path.relative_to(directory).as_posix()
         if not name.startswith(("vqct_manifest_rank", ".")):
-            files[name] = [path.stat().st_size, _sha256(path)]
+            files[name] = [path.stat().st_size, sha256_file(path)]
     atomic_write_text(directory / MANIFEST.format(rank=rank), json.dumps({"rank": rank, "files": files}))
 
 
@@ -79,7 +61,7 @@ def verify_checkpoint(directory: Path) -> dict:
                 raise DamagedCheckpoint(f"{name} is missing")
             if path.stat().st_size != size:
                 raise DamagedCheckpoint(f"{name} has {path.stat().st_size} bytes, expected {size}")
-            if _sha256(path) != digest:
+            if sha256_file(path) != digest:
                 raise DamagedCheckpoint(f"{name} does not match its checksum")
     return state
 

@@ -33,13 +33,16 @@ class NumericsFailure(RunStopped):
 def check_losses(terms: dict[str, torch.Tensor]) -> None:
     """Raise NonFiniteLoss (on every rank alike) when any term is NaN/Inf on any rank."""
     names = sorted(terms)
-    values = [torch.as_tensor(terms[name]).detach() for name in names]
-    bad = next((i + 1 for i, value in enumerate(values) if not torch.isfinite(value).all()), 0)
-    code = torch.tensor([bad], dtype=torch.int64, device=values[0].device)
+    device = next((v.device for v in terms.values() if torch.is_tensor(v)), torch.device("cpu"))
+    # One flag tensor, one all-reduce, one host sync: the highest-numbered bad term wins.
+    bad = torch.stack([~torch.isfinite(torch.as_tensor(terms[name], device=device).detach()).all()
+                       for name in names])
+    code = (bad.long() * torch.arange(1, len(names) + 1, device=device)).max().reshape(1)
     if dist.is_initialized():
         dist.all_reduce(code, op=dist.ReduceOp.MAX)
-    if int(code):
-        raise NonFiniteLoss(names[int(code) - 1])
+    code = int(code)
+    if code:
+        raise NonFiniteLoss(names[code - 1])
 
 
 @contextlib.contextmanager
@@ -53,7 +56,7 @@ def skip_step_on_nonfinite_grads(engine):
     params = [p for p in engine.module.parameters() if p.grad is not None]
     if (engine.zero_optimization_stage() != 0 or engine.bfloat16_enabled()
             or not engine.is_gradient_accumulation_boundary()
-            or all(bool(torch.isfinite(p.grad).all()) for p in params)):
+            or not params or bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all())):
         yield
         return
     for p in params:
