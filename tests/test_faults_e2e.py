@@ -99,18 +99,17 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint_in_the_same_run(tmp_p
     assert logged == [1] + list(range(5, 61, 5))  # every step once: none repeated, none lost
 
 
-def test_sigterm_stops_cleanly_and_resume_passes_over_a_damaged_checkpoint(tmp_path, shapes_dir):
+def _interrupt(tmp_path, args, run_dir: Path, signum: int) -> str:
+    """Start a run, send SIGNUM after its second checkpoint, check it stopped cleanly;
+    returns the MLflow run id."""
     from mlflow.tracking import MlflowClient
 
-    args = _args(tmp_path, f"{shapes_dir}/train", f"{shapes_dir}/val", "trainer.max_steps=500",
-                 "trainer.checkpoint_every=5", "trainer.keep_checkpoints=3", "trainer.run_name=stopped")
-    run_dir = tmp_path / "runs" / "stopped"
     proc = _start(tmp_path, *args)
     try:
         _wait_for_checkpoint(run_dir, 10, proc)
         family = psutil.Process(proc.pid).children(recursive=True)
         assert family  # Ray's processes, started by this driver
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         proc.communicate(timeout=120)
         gone, alive = psutil.wait_procs(family, timeout=30)
     finally:
@@ -118,10 +117,26 @@ def test_sigterm_stops_cleanly_and_resume_passes_over_a_damaged_checkpoint(tmp_p
     log = (tmp_path / "train.log").read_text()
     assert proc.returncode == 130, log[-3000:]
     assert not alive, [p.cmdline() for p in alive]  # no orphan Ray process
-    assert "stopped: last intact checkpoint" in log and "trainer.run_name=stopped" in log
+    assert "stopped: last intact checkpoint" in log and f"trainer.run_name={run_dir.name}" in log
     run_id = json.loads((run_dir / "vqct_run.json").read_text())["mlflow_run_id"]
+    assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(run_id).info.status == "KILLED"
+    return run_id
+
+
+def test_ctrl_c_stops_cleanly(tmp_path, shapes_dir):
+    args = _args(tmp_path, f"{shapes_dir}/train", f"{shapes_dir}/val", "trainer.max_steps=500",
+                 "trainer.checkpoint_every=5", "trainer.run_name=ctrlc")
+    _interrupt(tmp_path, args, tmp_path / "runs" / "ctrlc", signal.SIGINT)
+
+
+def test_sigterm_stops_cleanly_and_resume_passes_over_a_damaged_checkpoint(tmp_path, shapes_dir):
+    from mlflow.tracking import MlflowClient
+
+    args = _args(tmp_path, f"{shapes_dir}/train", f"{shapes_dir}/val", "trainer.max_steps=500",
+                 "trainer.checkpoint_every=5", "trainer.keep_checkpoints=3", "trainer.run_name=stopped")
+    run_dir = tmp_path / "runs" / "stopped"
+    run_id = _interrupt(tmp_path, args, run_dir, signal.SIGTERM)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
 
     # Damage the newest checkpoint: the resume must name it and take the one before.
     steps = sorted(_intact_steps(run_dir))

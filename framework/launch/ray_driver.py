@@ -134,10 +134,13 @@ def _fit(cfg: dict, train_urls, val_urls, storage: Path, run_name: str, previous
     try:
         result = _trainer(cfg, loop_config, run_name, storage).fit()
     except BaseException as exc:
-        close_run(uri, run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        if isinstance(exc, KeyboardInterrupt):
+        # Ctrl-C inside fit() meets Ray Train's own SIGINT handler, which aborts the workers
+        # gracefully and then exits (SystemExit); SIGTERM arrives as KeyboardInterrupt.
+        interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+        close_run(uri, run_id, "KILLED" if interrupted else "FAILED")
+        if interrupted:
             print(f"stopped: {_where_to_resume(storage / run_name)}", file=sys.stderr)
-            raise
+            raise KeyboardInterrupt from None
         raise TrainingFailed(f"training run {run_name} failed: {_worker_errors(exc)}; "
                              f"{_where_to_resume(storage / run_name)}") from exc
     stopped = take_stop(storage / run_name)
