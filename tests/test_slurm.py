@@ -166,4 +166,14 @@ def test_scancel_mid_run_leaves_no_ray_processes(slurm, tmp_path, shapes_dir):
     time.sleep(3)
     left = {pid for pid in alive if Path(f"/proc/{pid}").exists()} | _ray_processes()
     assert not left, [Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in left if Path(f"/proc/{p}").exists()]
-    assert "stopping Ray" in out.read_text()  # the script's own teardown ran on SIGTERM
+    log = out.read_text()
+    assert "stopping Ray" in log  # the script's own teardown ran on SIGTERM, before SLURM's SIGKILL
+    # ...and began at once: bash defers a trap while a foreground command runs, so a script
+    # that ran `vqct train` in the foreground reached its teardown only after the driver exited.
+    assert log.index("stopping Ray") < log.index("vqct: interrupted")
+    assert "resume with trainer.resume=true" in log  # and the driver finished its clean stop
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["KILLED"]
