@@ -16,7 +16,7 @@ from vqct.errors import TrainingFailed, UserError
 from vqct.data.shards import check_reader_count, resolve_shards
 from vqct.launch.ray_connect import connect
 from vqct.launch.runs import choose_run, repair_ray_snapshot, take_stop, write_run
-from vqct.launch.signals import interrupt_on_sigterm
+from vqct.launch.signals import interrupt_on_sigterm, on_stop_signal
 from vqct.train.checkpoint_integrity import choose_checkpoint
 from vqct.tracking.registry import register_run
 from vqct.tracking.mlflow_run import (absolute_uri, close_run, log_config_copy, log_start_metrics, open_run,
@@ -132,7 +132,8 @@ def _fit(cfg: dict, train_urls, val_urls, storage: Path, run_name: str, previous
     loop_config = {"cfg": cfg, "mlflow_run_id": run_id, "train_urls": train_urls, "val_urls": val_urls,
                    "priors_dir": priors_dir, "run_dir": str(storage / run_name)}
     try:
-        result = _trainer(cfg, loop_config, run_name, storage).fit()
+        with on_stop_signal(lambda: close_run(uri, run_id, "KILLED")):
+            result = _trainer(cfg, loop_config, run_name, storage).fit()
     except BaseException as exc:
         # Ctrl-C inside fit() meets Ray Train's own SIGINT handler, which aborts the workers
         # gracefully and then exits (SystemExit); SIGTERM arrives as KeyboardInterrupt.
