@@ -55,7 +55,7 @@ compare: $(STAMP) $(DEMO_DATA)/manifest.json
 	  checkpoint=$$($(PY) -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["checkpoint"])' runs/compare/$$r.json); \
 	  $(VENV)/bin/vqct eval $$checkpoint --data $(DEMO_DATA)/val | tee runs/compare/$$r.eval.json || exit 1; \
 	done
-	$(PY) -m vqct.eval.compare $(foreach r,$(COMPARE_RECIPES),runs/compare/$(r).json)
+	$(VENV)/bin/vqct compare $(foreach r,$(COMPARE_RECIPES),runs/compare/$(r).json)
 
 # The SLURM tests start a one-node cluster from Debian's slurm-wlm (daemons on 127.0.0.1).
 cluster-tools:

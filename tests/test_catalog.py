@@ -40,7 +40,8 @@ def test_recipes_lists_every_recipe_with_its_runs_and_best_run(tmp_path):
     assert {"vqgan_shapes", "vqct_shapes", "vqct_vlt_shapes", "lgvq_shapes", "vqct_vlt_laion"} <= set(rows)
     assert rows["vqgan_shapes"]["runs"] == 2 and rows["vqgan_shapes"]["best_run"] == runs["vqgan_shapes"][0]
     assert rows["vqgan_shapes"]["best"] == 24.0 and rows["lgvq_shapes"]["runs"] == 0
-    assert rows["vqct_shapes"]["quantizer"] == "vqct" and rows["vqct_shapes"]["codes"] == "128+128"
+    assert rows["vqct_shapes"]["quantizer"] == "vqct" and rows["vqct_shapes"]["codes"] == 256
+    assert rows["vqct_shapes"]["code_groups"] == "128+128" and rows["vqgan_shapes"]["codes"] == 256
     assert rows["vqct_vlt_laion"]["text_model"] == "openai/clip-vit-base-patch32"
     assert "| vqct_shapes | vqct | vqct |" in table
 

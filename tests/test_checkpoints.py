@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from vqct.launch.runs import RAY_SNAPSHOT, repair_ray_snapshot
-from vqct.train.checkpoint import trusted_loading
-from vqct.train.checkpoint_integrity import (DamagedCheckpoint, STATE_FILE, choose_checkpoint, verify_checkpoint,
+from vqct.records.deepspeed_files import trusted_loading
+from vqct.records.checkpoint_integrity import (DamagedCheckpoint, STATE_FILE, choose_checkpoint, verify_checkpoint,
                                              write_manifest)
 
 

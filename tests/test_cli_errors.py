@@ -35,7 +35,18 @@ def test_nonexistent_recipe():
 
 
 def test_unknown_config_key():
-    _assert_user_error(_run(["train", "vqgan_shapes", "data.bogus=1"]), "Key 'bogus' not in 'DataCfg'")
+    _assert_user_error(_run(["train", "vqgan_shapes", "data.bogus=1"]), "data.bogus is not a config key", "image_size")
+
+
+def test_a_key_the_chosen_quantizer_does_not_read():
+    _assert_user_error(_run(["train", "vqct_shapes", "quantizer.codebook_size=1024"]),
+                       "quantizer.codebook_size is not read by the vqct quantizer",
+                       "code_dim, gcn_hidden, gcn_dropout, adj_topk")
+
+
+def test_a_renamed_key_names_its_new_name():
+    _assert_user_error(_run(["train", "lgvq_shapes", "align.lgvq.alpha=0.1"]),
+                       "align.lgvq.alpha was renamed align.lgvq.gsa_weight")
 
 
 def test_wrong_type():

@@ -54,7 +54,7 @@ def test_the_overrides_in_the_rayjob_compose_with_the_recipe():
     job = yaml.safe_load((RAY_DIR / "kuberay-rayjob.yaml").read_text())
     argv = shlex.split(job["spec"]["entrypoint"])
     cfg = load_recipe(str(REPO / argv[2]), argv[3:])
-    assert cfg["trainer"]["num_workers"] == 32 and cfg["tracking"]["uri"].startswith("http://")
+    assert cfg.trainer.num_workers == 32 and cfg.tracking.uri.startswith("http://")
 
 
 def test_a_brace_shard_pattern_passes_through_a_shell_unquoted():
@@ -62,5 +62,5 @@ def test_a_brace_shard_pattern_passes_through_a_shell_unquoted():
 
     cfg = load_recipe("vqgan_shapes", ["data.train_shards=/shared/laion/{00000..09999}.tar",
                                        "data.val_shards='/v/{0..9}.tar'"])
-    assert cfg["data"]["train_shards"] == "/shared/laion/{00000..09999}.tar"
-    assert cfg["data"]["val_shards"] == "/v/{0..9}.tar"
+    assert cfg.data.train_shards == "/shared/laion/{00000..09999}.tar"
+    assert cfg.data.val_shards == "/v/{0..9}.tar"

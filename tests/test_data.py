@@ -13,6 +13,7 @@ import webdataset as wds
 from PIL import Image
 
 from vqct.data.decode import BadSample, decode_image
+from vqct.config import DataConfig
 from vqct.data.loader import ImageCaptionStream, Loader, NoUsableSamples, make_loader
 from vqct.data.shapes import write_shapes
 from vqct.data.shards import check_reader_count, resolve_shards
@@ -123,8 +124,8 @@ def test_uneven_shards_give_equal_step_counts(shapes_dir, monkeypatch):
     per_rank = []
     for rank in range(2):
         _set_rank(monkeypatch, rank, 2)
-        loader = make_loader(small, {"image_size": 16, "batch_size": 8, "num_workers": 1,
-                                     "shuffle_buffer": 16, "random_crop": False}, seed=0)
+        loader = make_loader(small, DataConfig(image_size=16, batch_size=8, num_workers=1, shuffle_buffer=16,
+                                                random_crop=False), seed=0)
         keys = _keys(loader, limit=steps)
         per_rank.append(keys)
     assert [len(k) // 8 for k in per_rank] == [steps, steps]

@@ -149,7 +149,7 @@ def test_lgvq_shapes_logs_each_language_loss(tmp_path, shapes_dir):
     from vqct import load_tokenizer
 
     model, cfg = load_tokenizer(result["checkpoint"])  # the alignment heads load with the model
-    assert cfg["align"]["lgvq"]["enabled"] and model.align is not None
+    assert cfg.align.lgvq.enabled and model.align is not None
     images = torch.zeros(2, 3, 32, 32)
     assert model.tokenize(images).shape == (2, 8, 8)
 
@@ -175,7 +175,17 @@ def test_vqct_vlt_with_lgvq_then_caption_from_codes(tmp_path, shapes_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     captions = json.loads(proc.stdout.strip().splitlines()[-1])["captions"]
     assert len(captions) == 1 and captions[0]["image"] == str(image)
-    assert isinstance(captions[0]["caption"], str)  # 8 steps: any words, but decoded from the codes
+    # 8 steps: any words, but those the translation module decodes from this image's codes.
+    from vqct import load_tokenizer
+    from vqct.data.decode import decode_image
+    from vqct.text.encoders import TextEncoder
+
+    model, cfg = load_tokenizer(result["checkpoint"])
+    tokenizer = TextEncoder(cfg.text.model, cfg.align.context_length).tokenizer
+    with torch.no_grad():
+        codes, _, _ = model.encode(decode_image(image.read_bytes(), cfg.data.image_size).unsqueeze(0))
+        ids = model.align.vlt.generate(codes, tokenizer.cls_token_id, tokenizer.sep_token_id, 12)
+    assert captions[0]["caption"] == tokenizer.decode(ids[0], skip_special_tokens=True).strip()
 
     # vqct eval by MLflow run id: the run's checkpoint tag leads to the checkpoint.
     proc = subprocess.run(vqct_cmd() + ["eval", result["run_id"], "--data", f"{shapes_dir}/val",

@@ -40,9 +40,10 @@ def test_single_word_masks_hide_one_word_token_at_a_time():
 
 def test_masked_word_hits_equal_one_prediction_per_word():
     from vqct.align.lgvq import LGVQHeads
+    from vqct.config import LGVQConfig
 
     torch.manual_seed(0)
-    cfg = {"width": 16, "layers": 1, "heads": 2, "text_heads": 2, "context_length": 6, "temperature": 0.07}
+    cfg = LGVQConfig(width=16, layers=1, heads=2, text_heads=2, context_length=6, temperature=0.07)
     lgvq = LGVQHeads(4, 4, 8, 8, torch.randn(11, 8), cfg).eval()
     ids = torch.tensor([[1, 5, 7, 2, 0, 0], [1, 3, 4, 9, 2, 0]])
     mask = ids != 0

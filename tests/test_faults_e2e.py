@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, vqct_cmd
 from fault_corpus import EXPECTED_SKIPS, write_fault_corpus
 from servers import start_ray_head, stop
-from vqct.train.checkpoint_integrity import DamagedCheckpoint, verify_checkpoint
+from vqct.records.checkpoint_integrity import DamagedCheckpoint, verify_checkpoint
 
 pytestmark = pytest.mark.e2e
 

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from vqct.align.lgvq import LGVQHeads, choose_masked, gsa_loss, mask_ratio, ras_loss
+from vqct.config import LGVQConfig
 
-CFG = {"width": 16, "layers": 1, "heads": 1, "text_heads": 2, "context_length": 12, "temperature": 0.5}
+CFG = LGVQConfig(width=16, layers=1, heads=1, text_heads=2, context_length=12, temperature=0.5)
 
 
 def test_mask_ratio_is_clipped_to_lgvq_range():

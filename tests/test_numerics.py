@@ -61,7 +61,8 @@ def _engines(stage: int):
     cfg = load_recipe("vqgan_shapes", [f"trainer.zero_stage={stage}", "loss.perceptual_weight=0",
                                        "loss.disc_start=0", "data.batch_size=2", "optim.lr=1e-3"])
     torch.manual_seed(0)
-    return build_engines(build_tokenizer(cfg, None, None), PatchDiscriminator(3, 8, 2), cfg)
+    return build_engines(build_tokenizer(cfg, None, None), PatchDiscriminator(3, 8, 2), cfg.trainer, cfg.optim,
+                         cfg.data.batch_size)
 
 
 def _weights(engine) -> list[torch.Tensor]:
@@ -87,7 +88,7 @@ def test_a_nan_batch_is_skipped_before_backward_then_training_goes_on(single_pro
     assert caught.value.term.startswith("loss/")
     assert _same(before_g, _weights(gen)) and _same(before_d, _weights(disc))
     assert gen.global_steps == 0 and disc.global_steps == 0  # the engines never saw it
-    metrics, _, _ = train_micro_step(gen, disc, None, images, 0, weights)
+    metrics, _ = train_micro_step(gen, disc, None, images, 0, weights)
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     assert not _same(before_g, _weights(gen)) and gen.global_steps == 1
 

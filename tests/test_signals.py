@@ -21,18 +21,32 @@ except KeyboardInterrupt:
     print("cleanup finished")
 """
 
-# The main thread cannot take the signal for 3 s (the driver inside Ray's blocking get checks
-# for it once a second), then the process ends without any Python cleanup (as the driver
-# does when its node's raylet exits).
+# The main thread sits in a blocking read of stdin (as the driver sits in Ray's blocking get),
+# where it cannot take the signal; the process prints "ready" only once a helper thread has
+# seen it there (/proc: the main thread's current system call reads fd 0). The test then
+# signals, waits for the hook's line, and only then lets the main thread go on by writing to
+# its stdin: every step waits for a state, none for a time.
 HELD = """
-import os, signal, time
+import os, signal, sys, threading
 from vqct.launch.signals import interrupt_on_sigterm, on_stop_signal
 interrupt_on_sigterm()
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # in the main thread only
+main = threading.get_native_id()
+COUNT = 4093  # an unusual read size, to recognise this read among the thread's system calls
+
+def announce_when_blocked():
+    while True:
+        fields = open(f"/proc/self/task/{main}/syscall").read().split()
+        if len(fields) > 3 and fields[1] == "0x0" and fields[3] == hex(COUNT):
+            print("ready", flush=True)
+            return
+        threading.Event().wait(0.01)
+
 with on_stop_signal(lambda: print("marked KILLED", flush=True)):
-    print("ready", flush=True)
     try:
-        time.sleep(3)
+        threading.Thread(target=announce_when_blocked, daemon=True).start()
+        os.read(0, COUNT)
+        print("not interrupted", flush=True)
     except KeyboardInterrupt:  # raised only now, once the main thread is back in Python
         print("main thread back", flush=True)
         os._exit(0)
@@ -45,9 +59,15 @@ def test_a_second_sigterm_does_not_cut_the_cleanup_short():
 
 
 def test_the_stop_hook_runs_while_the_main_thread_is_held():
-    proc = subprocess.Popen([sys.executable, "-c", HELD], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO)
-    assert proc.stdout.readline().strip() == "ready"
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert out.splitlines() == ["marked KILLED", "main thread back"], err[-2000:]
+    proc = subprocess.Popen([sys.executable, "-c", HELD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stdout.readline().strip() == "marked KILLED"  # while the main thread is still held
+        proc.stdin.write("go")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert out.splitlines() == ["main thread back"], err[-2000:]

@@ -11,7 +11,7 @@ def test_open_run_logs_params_tags_and_config(tmp_path):
     from mlflow.tracking import MlflowClient
 
     cfg = load_recipe("vqgan_shapes", ["trainer.max_steps=7"])
-    cfg["tracking"]["uri"] = uri = absolute_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    cfg.tracking.uri = uri = absolute_uri(f"sqlite:///{tmp_path}/mlflow.db")
     run_id = open_run(cfg, "unit-run")
     client = MlflowClient(uri)
     run = client.get_run(run_id)

@@ -51,7 +51,7 @@ def test_a_training_run_outlives_an_mlflow_outage_and_loses_no_metric(tmp_path, 
     from mlflow.tracking import MlflowClient
 
     from conftest import REPO, vqct_cmd
-    from vqct.train.checkpoint_integrity import DamagedCheckpoint, verify_checkpoint
+    from vqct.records.checkpoint_integrity import DamagedCheckpoint, verify_checkpoint
 
     port = free_port()
     server, url = start_mlflow_server(tmp_path, port)

@@ -3,8 +3,9 @@
 import torch
 
 from vqct.align.vlt import VisionToLanguage
+from vqct.config import VLTConfig
 
-CFG = {"width": 16, "layers": 1, "heads": 2, "context_length": 10, "temperature": 0.1}
+CFG = VLTConfig(width=16, layers=1, heads=2, context_length=10, temperature=0.1)
 
 
 def _module():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from vqct.config.schema import AlignConfig
+
 
 class AlignHeads(nn.Module):
     def __init__(self, lgvq: nn.Module | None, vlt: nn.Module | None):
@@ -20,28 +22,16 @@ class AlignHeads(nn.Module):
         return losses
 
 
-def enabled(cfg: dict) -> bool:
-    align = cfg.get("align", {})
-    return bool(align.get("lgvq", {}).get("enabled") or align.get("vlt", {}).get("enabled"))
-
-
-def context_length(cfg: dict) -> int:
-    """Caption tokens the text encoder keeps: the longest any enabled head wants."""
-    lengths = [head["context_length"] for head in cfg.get("align", {}).values() if head.get("enabled")]
-    return max(lengths, default=30)
-
-
-def build_align(cfg: dict, code_channels: int, text_encoder) -> AlignHeads | None:
-    if not enabled(cfg):
+def build_align(cfg: AlignConfig, grid_side: int, code_channels: int, text_encoder) -> AlignHeads | None:
+    """The heads CFG enables, for a GRID_SIDE x GRID_SIDE map of CODE_CHANNELS-wide codes."""
+    if not cfg.enabled:
         return None
     if text_encoder is None:
         raise ValueError("the alignment heads need the text encoder")
     from vqct.align.lgvq import LGVQHeads
     from vqct.align.vlt import VisionToLanguage
 
-    side = cfg["data"]["image_size"] // 2 ** (len(cfg["model"]["ch_mult"]) - 1)
-    widths = (code_channels, side * side, text_encoder.model.config.hidden_size, text_encoder.sentence_dim,
-              text_encoder.token_embeddings)
-    lgvq, vlt = cfg["align"]["lgvq"], cfg["align"]["vlt"]
-    return AlignHeads(LGVQHeads(*widths, lgvq) if lgvq["enabled"] else None,
-                      VisionToLanguage(*widths, vlt) if vlt["enabled"] else None)
+    widths = (code_channels, grid_side * grid_side, text_encoder.model.config.hidden_size,
+              text_encoder.sentence_dim, text_encoder.token_embeddings)
+    return AlignHeads(LGVQHeads(*widths, cfg.lgvq) if cfg.lgvq.enabled else None,
+                      VisionToLanguage(*widths, cfg.vlt) if cfg.vlt.enabled else None)

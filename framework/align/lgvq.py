@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vqct.config.schema import LGVQConfig
+
 
 class VisualTokenEncoder(nn.Module):
     """Z_vt: codes (B, C, h, w) -> (B, 1 + h*w, text_width), position 0 is CLS."""
@@ -93,25 +95,40 @@ class LGVQHeads(nn.Module):
     """The trainable LG-VQ modules; the text model itself stays outside, frozen."""
 
     def __init__(self, code_channels: int, num_tokens: int, text_width: int, sentence_width: int,
-                 token_embeddings: torch.Tensor, cfg: dict):
+                 token_embeddings: torch.Tensor, cfg: LGVQConfig):
         super().__init__()
-        self.visual = VisualTokenEncoder(code_channels, num_tokens, cfg["width"], cfg["layers"], cfg["heads"],
-                                         text_width)
+        self.visual = VisualTokenEncoder(code_channels, num_tokens, cfg.width, cfg.layers, cfg.heads, text_width)
         self.to_sentence = nn.Linear(text_width, sentence_width)
-        self.predictor = MaskedTextPredictor(text_width, cfg["context_length"], cfg["text_heads"])
+        self.predictor = MaskedTextPredictor(text_width, cfg.context_length, cfg.text_heads)
         self.code_proj = nn.Linear(code_channels, text_width)
         self.register_buffer("vocab_embeddings", token_embeddings.detach().float(), persistent=False)
         self.vocab_bias = nn.Parameter(torch.zeros(token_embeddings.shape[0]))
-        self.temperature = cfg["temperature"]
+        self.temperature = cfg.temperature
+
+    def visual_tokens(self, codes: torch.Tensor) -> torch.Tensor:
+        """Z_vt (B, 1 + h*w, text width) of quantized CODES (B, C, h, w); position 0 is CLS."""
+        return self.visual(codes)
+
+    def global_embedding(self, z_vt: torch.Tensor) -> torch.Tensor:
+        """The image's embedding in the sentence space (what L_gsa aligns)."""
+        return self.to_sentence(z_vt[:, 0])
+
+    def predict_masked(self, tokens: torch.Tensor, pad: torch.Tensor, masked: torch.Tensor,
+                       z_vt: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits of the MASKED positions (row-major), given visual tokens Z_VT."""
+        return self.predictor(tokens, pad, masked, z_vt, self.vocab_embeddings, self.vocab_bias)
+
+    def relationship_loss(self, codes: torch.Tensor, z_vt: torch.Tensor, tokens: torch.Tensor,
+                          words: torch.Tensor) -> torch.Tensor:
+        code_tokens = self.code_proj(codes.flatten(2).transpose(1, 2))
+        return ras_loss(code_tokens, z_vt[:, 1:], tokens, words)
 
     def forward(self, codes: torch.Tensor, text: dict, masked: torch.Tensor) -> dict[str, torch.Tensor]:
         """CODES (B, C, h, w) quantized; TEXT from TextEncoder.encode; MASKED (B, T) bool."""
-        z_vt = self.visual(codes)
+        z_vt = self.visual_tokens(codes)
         tokens, valid = text["tokens"].to(z_vt.dtype), text["mask"].bool()
-        losses = {"gsa": gsa_loss(self.to_sentence(z_vt[:, 0]), text["sentence"], self.temperature)}
-        logits = self.predictor(tokens, ~valid, masked, z_vt, self.vocab_embeddings, self.vocab_bias)
+        losses = {"gsa": gsa_loss(self.global_embedding(z_vt), text["sentence"], self.temperature)}
+        logits = self.predict_masked(tokens, ~valid, masked, z_vt)
         losses["mtp"] = F.cross_entropy(logits, text["ids"][masked], label_smoothing=0.1)
-        words = valid & text["words"]
-        code_tokens = self.code_proj(codes.flatten(2).transpose(1, 2))
-        losses["ras"] = ras_loss(code_tokens, z_vt[:, 1:], tokens, words)
+        losses["ras"] = self.relationship_loss(codes, z_vt, tokens, valid & text["words"])
         return losses

@@ -17,30 +17,38 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vqct.config.schema import VLTConfig
+
 
 class VisionToLanguage(nn.Module):
     def __init__(self, code_channels: int, num_tokens: int, text_width: int, sentence_width: int,
-                 token_embeddings: torch.Tensor, cfg: dict):
+                 token_embeddings: torch.Tensor, cfg: VLTConfig):
         super().__init__()
-        width = cfg["width"]
+        width = cfg.width
         self.code_in = nn.Linear(code_channels, width)
         self.code_pos = nn.Parameter(torch.randn(1, num_tokens, width) * 0.02)
-        encoder_layer = nn.TransformerEncoderLayer(width, cfg["heads"], 4 * width, dropout=0.0, batch_first=True,
+        encoder_layer = nn.TransformerEncoderLayer(width, cfg.heads, 4 * width, dropout=0.0, batch_first=True,
                                                    norm_first=True)
-        self.code_encoder = nn.TransformerEncoder(encoder_layer, cfg["layers"], enable_nested_tensor=False)
+        self.code_encoder = nn.TransformerEncoder(encoder_layer, cfg.layers, enable_nested_tensor=False)
         self.to_sentence = nn.Linear(width, sentence_width)
         self.token_in = nn.Linear(text_width, width, bias=False)
-        self.token_pos = nn.Parameter(torch.randn(1, cfg["context_length"], width) * 0.02)
-        decoder_layer = nn.TransformerDecoderLayer(width, cfg["heads"], 4 * width, dropout=0.0, batch_first=True,
+        self.token_pos = nn.Parameter(torch.randn(1, cfg.context_length, width) * 0.02)
+        decoder_layer = nn.TransformerDecoderLayer(width, cfg.heads, 4 * width, dropout=0.0, batch_first=True,
                                                    norm_first=True)
-        self.decoder = nn.TransformerDecoder(decoder_layer, cfg["layers"])
+        self.decoder = nn.TransformerDecoder(decoder_layer, cfg.layers)
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, text_width))
         self.register_buffer("vocab_embeddings", token_embeddings.detach().float(), persistent=False)
         self.vocab_bias = nn.Parameter(torch.zeros(token_embeddings.shape[0]))
-        self.temperature = cfg["temperature"]
+        self.temperature = cfg.temperature
 
     def encode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         return self.code_encoder(self.code_in(codes.flatten(2).transpose(1, 2)) + self.code_pos)
+
+    def global_embedding(self, codes: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+        """The image's embedding in the sentence space (what the contrastive term aligns);
+        MEMORY: encode_codes(CODES), when the caller has it already."""
+        memory = self.encode_codes(codes) if memory is None else memory
+        return self.to_sentence(memory.mean(1))
 
     def logits(self, memory: torch.Tensor, ids: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits (B, T, vocabulary) for the caption prefix IDS."""
@@ -56,7 +64,7 @@ class VisionToLanguage(nn.Module):
         logits = self.logits(memory, ids[:, :-1], ~valid[:, :-1])
         targets = ids[:, 1:].masked_fill(~valid[:, 1:], -100)
         caption = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
-        image = F.normalize(self.to_sentence(memory.mean(1)).float(), dim=-1)
+        image = F.normalize(self.global_embedding(codes, memory).float(), dim=-1)
         sentence = F.normalize(text["sentence"].detach().float(), dim=-1)
         sim = image @ sentence.t() / self.temperature
         labels = torch.arange(sim.shape[0], device=sim.device)

@@ -49,9 +49,13 @@ def _cmd_recipes(args: argparse.Namespace) -> dict:
 
 
 def _cmd_compare(args: argparse.Namespace) -> dict:
-    from vqct.tracking.compare_runs import compare
+    from vqct.tracking.compare import compare_results, compare_runs
 
-    return compare(args.targets, args.tracking_uri, args.metric, args.out)
+    if all(t.endswith(".json") for t in args.targets):
+        return compare_results(args.targets)
+    if any(t.endswith(".json") for t in args.targets):
+        raise UserError("vqct compare: give either runs and recipes, or .json result files, not both")
+    return compare_runs(args.targets, args.tracking_uri, args.metric, args.out)
 
 
 def _cmd_priors_build(args: argparse.Namespace) -> dict:
@@ -60,7 +64,7 @@ def _cmd_priors_build(args: argparse.Namespace) -> dict:
     from vqct.text.priors import ensure_priors
 
     cfg = load_recipe(args.recipe, args.overrides)
-    urls = resolve_shards(cfg["data"]["train_shards"], "data.train_shards")
+    urls = resolve_shards(cfg.data.train_shards, "data.train_shards")
     path, manifest, built = ensure_priors(cfg, urls, force=args.force)
     return {"priors_dir": str(path), "built": built, "text_model": manifest["text_model"],
             "embedding_dim": manifest["embedding_dim"], "edges": manifest["edges"], **manifest["report"]}
@@ -153,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     recipes.add_argument("--metric", default="val/psnr", help="what `best` means (lower is better for L1/FID/MSE)")
     recipes.set_defaults(func=_cmd_recipes)
 
-    compare = sub.add_parser("compare", help="table and curves of runs (a recipe name: its best run)")
-    compare.add_argument("targets", nargs="+", metavar="RUN_OR_RECIPE")
+    compare = sub.add_parser("compare", help="table and curves of runs (a recipe name: its best run), "
+                             "or a table of final JSON lines of vqct train (X.json, with X.eval.json beside)")
+    compare.add_argument("targets", nargs="+", metavar="RUN_OR_RECIPE_OR_JSON")
     compare.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     compare.add_argument("--metric", default="val/psnr", help="picks a recipe's best run")
     compare.add_argument("--out", help="PNG path (default: runs/compare-<time>.png)")

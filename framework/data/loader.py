@@ -19,6 +19,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
+from vqct.config.schema import DataConfig
 from vqct.data.decode import BadSample, decode_sample
 
 SKIP_KINDS = ("tar_error", "missing_image", "bad_image", "missing_caption", "bad_caption")
@@ -161,15 +162,15 @@ class Loader:
         return totals
 
 
-def make_loader(urls: list[str], data_cfg: dict, seed: int, train: bool = True,
+def make_loader(urls: list[str], data: DataConfig, seed: int, train: bool = True,
                 epochs: Optional[int] = None, start_epoch: int = 0) -> Loader:
     stream = ImageCaptionStream(
         urls,
-        image_size=data_cfg["image_size"],
+        image_size=data.image_size,
         seed=seed,
-        shuffle_buffer=data_cfg["shuffle_buffer"] if train else 0,
-        random_crop=data_cfg["random_crop"] and train,
+        shuffle_buffer=data.shuffle_buffer if train else 0,
+        random_crop=data.random_crop and train,
         epochs=epochs,
         start_epoch=start_epoch,
     )
-    return Loader(stream, data_cfg["batch_size"], data_cfg["num_workers"])
+    return Loader(stream, data.batch_size, data.num_workers)

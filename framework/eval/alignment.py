@@ -46,7 +46,7 @@ def masked_word_hits(lgvq, z_vt: torch.Tensor, text: dict) -> tuple[int, int]:
         return 0, 0
     tokens = text["tokens"][sample].to(z_vt.dtype)
     pad = ~text["mask"][sample].bool()
-    logits = lgvq.predictor(tokens, pad, masks, z_vt[sample], lgvq.vocab_embeddings, lgvq.vocab_bias)
+    logits = lgvq.predict_masked(tokens, pad, masks, z_vt[sample])
     predicted = logits.argmax(-1)
     return int((predicted == text["ids"][sample][masks]).sum()), len(sample)
 

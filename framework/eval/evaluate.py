@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torchmetrics import MeanAbsoluteError
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from vqct.errors import UserError
 from vqct.eval import alignment
 from vqct.eval.fid import ReconstructionFID
-from vqct.eval.reconstruction import to_unit
-from vqct.quantize import perplexity
+from vqct.eval.reconstruction import ReconstructionMetrics, to_unit
+from vqct.records.checkpoint_integrity import choose_checkpoint
+from vqct.records.run_record import is_run_dir, read_run
+from vqct.records.tags import RUN_CHECKPOINT_TAG
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -34,23 +34,17 @@ class Target:
     tracking_uri: str | None = None
 
 
-def _latest_checkpoint(run_dir: Path) -> Path | None:
-    return max((p for p in run_dir.glob("checkpoint_*") if p.is_dir()), key=lambda p: p.name, default=None)
-
-
 def resolve_target(target: str, tracking_uri: str | None) -> Target:
     """A checkpoint directory, a run directory (its latest checkpoint) or an MLflow run id."""
-    from vqct.launch.runs import RUN_FILE, read_run
-
     path = Path(target).expanduser()
     if path.is_dir():
-        if (path / RUN_FILE).is_file():
-            latest = _latest_checkpoint(path)
+        if is_run_dir(path):
+            latest, _ = choose_checkpoint(path)  # the newest intact one, as a resumed run takes
             if latest is None:
-                raise UserError(f"{target}: this run has no checkpoint yet")
+                raise UserError(f"{target}: this run has no intact checkpoint yet")
             path = latest
         run_dir = path.parent
-        run = read_run(run_dir) if (run_dir / RUN_FILE).is_file() else {}
+        run = read_run(run_dir) if is_run_dir(run_dir) else {}
         return Target(path.resolve(), run.get("mlflow_run_id"), run.get("tracking_uri"))
     if not _RUN_ID.match(target):
         raise UserError(f"{target}: neither a checkpoint directory nor an MLflow run id "
@@ -61,7 +55,7 @@ def resolve_target(target: str, tracking_uri: str | None) -> Target:
 def _target_from_run(run_id: str, uri: str) -> Target:
     from mlflow.tracking import MlflowClient
 
-    from vqct.tracking.mlflow_run import CHECKPOINT_TAG, absolute_uri
+    from vqct.tracking.mlflow_run import absolute_uri
 
     uri = absolute_uri(uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
@@ -72,10 +66,10 @@ def _target_from_run(run_id: str, uri: str) -> Target:
     except Exception as exc:
         raise UserError(f"MLflow run {run_id} not found at {uri} ({type(exc).__name__}); pass "
                         "--tracking-uri or a checkpoint directory") from None
-    checkpoint = run.data.tags.get(CHECKPOINT_TAG)
-    if not checkpoint:  # runs stopped early: the newest checkpoint in their run directory
+    checkpoint = run.data.tags.get(RUN_CHECKPOINT_TAG)
+    if not checkpoint:  # runs stopped early: the newest intact checkpoint in their run directory
         storage, name = run.data.params.get("trainer.storage_path"), run.data.tags.get("vqct.run_name")
-        latest = _latest_checkpoint(Path(storage) / name) if storage and name else None
+        latest = choose_checkpoint(Path(storage) / name)[0] if storage and name else None
         checkpoint = str(latest) if latest else None
     if not checkpoint or not Path(checkpoint).is_dir():
         raise UserError(f"MLflow run {run_id}: its checkpoint ({checkpoint}) is not on this machine; "
@@ -98,9 +92,7 @@ class Collected:
 class Evaluator:
     def __init__(self, model, text_encoder, device, inception_weights: str | None):
         self.model, self.text, self.device = model, text_encoder, device
-        self.psnr = PeakSignalNoiseRatio(data_range=1.0).to(device)
-        self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0).to(device)
-        self.l1 = MeanAbsoluteError().to(device)
+        self.reconstruction = ReconstructionMetrics(device)
         self.fid = ReconstructionFID(inception_weights, device)
         self.got = Collected()
         align = model.align
@@ -112,11 +104,8 @@ class Evaluator:
         images = images.to(self.device)
         zq, _, indices = self.model.encode(images)
         recon = self.model.decode(zq)
-        real, fake = to_unit(images), to_unit(recon)
-        self.psnr.update(fake, real)
-        self.ssim.update(fake, real)
-        self.l1.update(recon.float(), images.float())
-        self.fid.update(real, fake)
+        self.reconstruction.update(images, recon)
+        self.fid.update(to_unit(images), to_unit(recon))
         for name, counts in self.model.quantizer.code_counts(indices).items():
             self.got.counts[name] = self.got.counts.get(name, 0) + counts.cpu()
         text = self.text.encode(captions)
@@ -127,27 +116,22 @@ class Evaluator:
         if self.lgvq is not None:
             self._update_lgvq(zq, text, words)
         if self.vlt is not None:
-            memory = self.vlt.encode_codes(zq)
-            self.got.global_emb.setdefault("vlt", []).append(self.vlt.to_sentence(memory.mean(1)).float().cpu())
+            self.got.global_emb.setdefault("vlt", []).append(self.vlt.global_embedding(zq).float().cpu())
 
     def _update_lgvq(self, zq: torch.Tensor, text: dict, words: torch.Tensor) -> None:
-        from vqct.align.lgvq import ras_loss
-
         lgvq, got = self.lgvq, self.got
-        z_vt = lgvq.visual(zq)
-        got.global_emb.setdefault("lgvq", []).append(lgvq.to_sentence(z_vt[:, 0]).float().cpu())
+        z_vt = lgvq.visual_tokens(zq)
+        got.global_emb.setdefault("lgvq", []).append(lgvq.global_embedding(z_vt).float().cpu())
         hits, total = alignment.masked_word_hits(lgvq, z_vt, text)
         # Control: another image's visual tokens. The caption's own context alone gets this far.
         shuffled, _ = alignment.masked_word_hits(lgvq, z_vt.roll(1, 0), text)
         got.masked_hits = [got.masked_hits[0] + hits, got.masked_hits[1] + shuffled, got.masked_hits[2] + total]
-        code_tokens = lgvq.code_proj(zq.flatten(2).transpose(1, 2))
-        got.ras_sum += float(ras_loss(code_tokens, z_vt[:, 1:], text["tokens"], words)) * zq.shape[0]
+        got.ras_sum += float(lgvq.relationship_loss(zq, z_vt, text["tokens"], words)) * zq.shape[0]
 
     def results(self) -> dict:
         got, n = self.got, len(self.got.captions)
-        out = {"samples": n, "psnr": float(self.psnr.compute()), "ssim": float(self.ssim.compute()),
-               "l1": float(self.l1.compute()), "rfid": self.fid.compute()}
-        out.update(self._usage())
+        out = {"samples": n, **self.reconstruction.compute(), "rfid": self.fid.compute()}
+        out.update(self.model.quantizer.usage_stats(got.counts))
         out["code_word_mse"] = alignment.similarity_mse(torch.cat(got.code_means), torch.cat(got.word_means))
         out.update(self._retrieval())
         hits, shuffled, total = got.masked_hits
@@ -155,18 +139,6 @@ class Evaluator:
         out["masked_word_r1_shuffled_images"] = shuffled / total if total else None
         out["masked_words"] = total if self.lgvq is not None else None
         out["lgvq_ras_mse"] = got.ras_sum / n if self.lgvq is not None and n else None
-        return out
-
-    def _usage(self) -> dict:
-        counts = self.got.counts
-        used = sum(int((c > 0).sum()) for c in counts.values())
-        out = {"codebook_usage": used / max(1, sum(c.numel() for c in counts.values()))}
-        if list(counts) == ["codes"]:
-            out["perplexity"] = perplexity(counts["codes"])
-            return out
-        for name, c in counts.items():
-            out[f"codebook_usage_{name}"] = float((c > 0).float().mean())
-            out[f"perplexity_{name}"] = perplexity(c)
         return out
 
     def _retrieval(self) -> dict:
@@ -211,20 +183,19 @@ def evaluate(target: str, data, batch_size: int = 64, max_samples: int | None = 
     """BEST_METRIC: the result that decides the registry's `best` alias for the recipe."""
     from tqdm import tqdm
 
-    from vqct.align.heads import context_length
     from vqct.data.loader import ImageCaptionStream, Loader
     from vqct.data.shards import resolve_shards
     from vqct.text.encoders import TextEncoder
-    from vqct.tokenizer.load import load_tokenizer, read_state
+    from vqct.tokenizer.load import checkpoint_config, load_tokenizer
 
     resolved = resolve_target(target, tracking_uri)
-    cfg = read_state(resolved.checkpoint)["config"]
+    cfg, _ = checkpoint_config(resolved.checkpoint)
     urls = resolve_shards(data, "--data")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    text_encoder = TextEncoder(cfg["text"]["model"], context_length(cfg), device=device)
+    text_encoder = TextEncoder(cfg.text.model, cfg.align.context_length, device=device)
     model, cfg = load_tokenizer(resolved.checkpoint, device, text_encoder)
     evaluator = Evaluator(model, text_encoder, device, inception_weights)
-    stream = ImageCaptionStream(urls, image_size=cfg["data"]["image_size"], shuffle_buffer=0, epochs=1)
+    stream = ImageCaptionStream(urls, image_size=cfg.data.image_size, shuffle_buffer=0, epochs=1)
     loader = Loader(stream, batch_size=batch_size, num_workers=0)
     seen = 0
     with tqdm(desc="eval", unit="img", total=max_samples, file=sys.stderr, mininterval=2.0) as bar:
@@ -237,13 +208,13 @@ def evaluate(target: str, data, batch_size: int = 64, max_samples: int | None = 
                 break
     if seen == 0:
         raise UserError(f"--data {data}: no usable sample (skipped: {loader.skipped})")
-    results = {"checkpoint": str(resolved.checkpoint), "run_id": resolved.run_id, "recipe": cfg["recipe"],
-               "family": cfg["family"], **evaluator.results(), "skipped": loader.skipped}
+    results = {"checkpoint": str(resolved.checkpoint), "run_id": resolved.run_id, "recipe": cfg.recipe,
+               "family": cfg.family, **evaluator.results(), "skipped": loader.skipped}
     warning = _log_to_mlflow(resolved, results)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     elif resolved.run_id:
         from vqct.tracking.registry import promote_if_best
 
-        results["registry"] = promote_if_best(resolved.tracking_uri, resolved.run_id, cfg["recipe"], best_metric)
+        results["registry"] = promote_if_best(resolved.tracking_uri, resolved.run_id, cfg.recipe, best_metric)
     return results

@@ -7,79 +7,85 @@ starts: shards, reader counts, the Ray address, the run to resume.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
 from vqct.config.compose import config_hash
-from vqct.errors import TrainingFailed, UserError
+from vqct.config.schema import Config, VQCTConfig
 from vqct.data.shards import check_reader_count, resolve_shards
+from vqct.errors import TrainingFailed, UserError
 from vqct.launch.ray_connect import connect
-from vqct.launch.runs import choose_run, repair_ray_snapshot, take_stop, write_run
+from vqct.launch.runs import choose_run, repair_ray_snapshot
 from vqct.launch.signals import interrupt_on_sigterm, on_stop_signal
-from vqct.train.checkpoint_integrity import choose_checkpoint
-from vqct.tracking.registry import register_run
+from vqct.records.checkpoint_integrity import choose_checkpoint
+from vqct.records.run_record import take_stop, write_run
 from vqct.tracking.mlflow_run import (absolute_uri, close_run, log_config_copy, log_start_metrics, open_run,
                                       tag_checkpoint, worker_env)
+from vqct.tracking.registry import register_run
+from vqct.train.spec import RunSummary, WorkerSpec
 
 
-def _worker_env(cfg: dict) -> dict[str, str]:
+def _worker_env(cfg: Config) -> dict[str, str]:
     env = {
-        "OMP_NUM_THREADS": str(cfg["trainer"]["cpus_per_worker"]),
+        "OMP_NUM_THREADS": str(cfg.trainer.cpus_per_worker),
         "PYTHONUNBUFFERED": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
     }
-    if not cfg["trainer"]["use_gpu"]:
+    if not cfg.trainer.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"  # no GPU probing (and its warning) on CPU workers
     env.update(worker_env())
     return env
 
 
-def _trainer(cfg: dict, loop_config: dict, run_name: str, storage: Path):
+def _trainer(cfg: Config, spec: WorkerSpec, run_name: str, storage: Path):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from vqct.train.loop import train_loop_per_worker
 
-    t = cfg["trainer"]
+    t = cfg.trainer
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=t["num_workers"], use_gpu=t["use_gpu"],
-                                     resources_per_worker={"CPU": t["cpus_per_worker"]}),
-        torch_config=TorchConfig(backend="nccl" if t["use_gpu"] else "gloo"),
+        train_loop_config={"spec": spec},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=RunConfig(name=run_name, storage_path=str(storage),
-                             checkpoint_config=CheckpointConfig(num_to_keep=t["keep_checkpoints"]),
+                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
                              # A lost worker restarts the whole group from the last checkpoint.
-                             failure_config=FailureConfig(max_failures=t["max_failures"])),
+                             failure_config=FailureConfig(max_failures=t.max_failures)),
     )
 
 
-def train(cfg: dict) -> dict:
-    t, d = cfg["trainer"], cfg["data"]
+def train(cfg: Config) -> dict:
+    """Train CFG; returns the RunSummary's JSON (the command's final line)."""
+    t, d = cfg.trainer, cfg.data
     missing: list[str] = []
-    train_urls = resolve_shards(d["train_shards"], "data.train_shards", missing)
-    check_reader_count(train_urls, t["num_workers"], d["num_workers"], "data.train_shards")
-    val_urls = resolve_shards(d["val_shards"] or d["train_shards"], "data.val_shards")
-    check_reader_count(val_urls, t["num_workers"], d["num_workers"], "data.val_shards")
-    cfg["tracking"]["uri"] = absolute_uri(cfg["tracking"]["uri"])
-    storage = Path(t["storage_path"]).expanduser().resolve()
-    run_name, previous = choose_run(storage, cfg["recipe"], t["run_name"], t["resume"])
+    train_urls = resolve_shards(d.train_shards, "data.train_shards", missing)
+    check_reader_count(train_urls, t.num_workers, d.num_workers, "data.train_shards")
+    val_urls = resolve_shards(d.val_shards or d.train_shards, "data.val_shards")
+    check_reader_count(val_urls, t.num_workers, d.num_workers, "data.val_shards")
+    cfg.tracking.uri = absolute_uri(cfg.tracking.uri)
+    storage = Path(t.storage_path).expanduser().resolve()
+    run_name, previous = choose_run(storage, cfg.recipe, t.run_name, t.resume)
     if previous:
         repair_ray_snapshot(storage / run_name)
     priors_dir = None
-    if cfg["quantizer"]["name"] == "vqct":  # built once here, loaded by every worker
+    if isinstance(cfg.quantizer, VQCTConfig):  # built once here, loaded by every worker
         from vqct.text.priors import ensure_priors
 
         path, manifest, built = ensure_priors(cfg, train_urls)
         priors_dir = str(path)
         print(f"priors {'built' if built else 'reused'}: {path} ({manifest['report']})", file=sys.stderr)
 
-    connected = connect(t["num_workers"] * t["cpus_per_worker"], _worker_env(cfg))
+    connected = connect(t.num_workers * t.cpus_per_worker, _worker_env(cfg))
     interrupt_on_sigterm()
     try:
-        return _fit(cfg, train_urls, val_urls, storage, run_name, previous, priors_dir, len(missing))
+        spec = WorkerSpec(cfg, "", str(storage / run_name), train_urls, val_urls, priors_dir)
+        return _fit(spec, storage, previous, len(missing)).to_json()
     finally:
         if connected:  # also drains the workers' forwarded logs before the final JSON line
             import ray
@@ -112,9 +118,11 @@ def _worker_errors(exc: BaseException) -> str:
                      for rank, err in sorted(failures.items()))
 
 
-def _fit(cfg: dict, train_urls, val_urls, storage: Path, run_name: str, previous: dict | None,
-         priors_dir: str | None, missing_shards: int) -> dict:
-    uri = cfg["tracking"]["uri"]
+def _fit(spec: WorkerSpec, storage: Path, previous: dict | None, missing_shards: int) -> RunSummary:
+    """Open (or reopen) the MLflow run, run the workers, close the run, register the model.
+    SPEC's MLflow run id is filled in here."""
+    cfg, run_name = spec.config, Path(spec.run_dir).name
+    uri = cfg.tracking.uri
     try:
         run_id = open_run(cfg, run_name, previous["mlflow_run_id"] if previous else None)
     except Exception as exc:  # no run to log into yet: refuse to start rather than train blind
@@ -122,18 +130,18 @@ def _fit(cfg: dict, train_urls, val_urls, storage: Path, run_name: str, previous
                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); start the "
                         "tracking server or point tracking.uri at a reachable store") from None
     if previous:
-        log_config_copy(uri, run_id, cfg, f"resolved_resume_to_step{cfg['trainer']['max_steps']}.yaml")
-    write_run(storage / run_name, {"mlflow_run_id": run_id, "recipe": cfg["recipe"],
+        log_config_copy(uri, run_id, cfg, f"resolved_resume_to_step{cfg.trainer.max_steps}.yaml")
+    write_run(storage / run_name, {"mlflow_run_id": run_id, "recipe": cfg.recipe,
                                    "config_hash": config_hash(cfg), "tracking_uri": uri})
     if not previous:  # once per run: step 0 has one value
-        log_start_metrics(uri, run_id, {"data/missing_shards": missing_shards, "data/train_shards": len(train_urls)})
+        log_start_metrics(uri, run_id, {"data/missing_shards": missing_shards,
+                                        "data/train_shards": len(spec.train_urls)})
     print(f"run {run_name}: MLflow run {run_id} at {uri}", file=sys.stderr)
     take_stop(storage / run_name)  # a stop left by an earlier attempt is history now
-    loop_config = {"cfg": cfg, "mlflow_run_id": run_id, "train_urls": train_urls, "val_urls": val_urls,
-                   "priors_dir": priors_dir, "run_dir": str(storage / run_name)}
+    spec = dataclasses.replace(spec, mlflow_run_id=run_id)
     try:
         with on_stop_signal(lambda: close_run(uri, run_id, "KILLED")):
-            result = _trainer(cfg, loop_config, run_name, storage).fit()
+            result = _trainer(cfg, spec, run_name, storage).fit()
     except BaseException as exc:
         # Ctrl-C inside fit() meets Ray Train's own SIGINT handler, which aborts the workers
         # gracefully and then exits (SystemExit); SIGTERM arrives as KeyboardInterrupt.
@@ -153,22 +161,6 @@ def _fit(cfg: dict, train_urls, val_urls, storage: Path, run_name: str, previous
     checkpoint = result.checkpoint.path if result.checkpoint else None
     tag_checkpoint(uri, run_id, checkpoint)
     version = register_run(uri, run_id, cfg, checkpoint)
-    m = result.metrics or {}
-    return {
-        "run_id": run_id,
-        "run_name": run_name,
-        "recipe": cfg["recipe"],
-        "family": cfg["family"],
-        "steps": m.get("step"),
-        "psnr": m.get("psnr"),
-        "ssim": m.get("ssim"),
-        "val_l1": m.get("val_l1"),
-        "codebook_usage": m.get("codebook_usage"),
-        **{k: v for k, v in m.items() if k.startswith(("codebook_usage_", "perplexity_"))},
-        "perplexity": m.get("perplexity"),
-        "images_per_s": m.get("images_per_s"),
-        "rec_l1": m.get("rec_l1"),
-        "checkpoint": checkpoint,
-        "model_version": version,
-        "tracking_uri": uri,
-    }
+    summary = RunSummary.from_json(result.metrics or {})
+    return dataclasses.replace(summary, run_id=run_id, run_name=run_name, recipe=cfg.recipe, family=cfg.family,
+                               checkpoint=checkpoint, model_version=version, tracking_uri=uri)

@@ -1,7 +1,6 @@
 """Run directories under trainer.storage_path: naming a new run, finding one to resume.
 
-Each run directory holds Ray Train's checkpoints and `vqct_run.json`, which records the
-MLflow run id so that a resumed run logs into the same MLflow run.
+Each run directory holds Ray Train's checkpoints and the run record (records/run_record.py).
 """
 
 from __future__ import annotations
@@ -12,36 +11,7 @@ import time
 from pathlib import Path
 
 from vqct.errors import UserError
-from vqct.files import atomic_write_text
-
-RUN_FILE = "vqct_run.json"
-
-
-def read_run(run_dir: Path) -> dict:
-    return json.loads((run_dir / RUN_FILE).read_text())
-
-
-def write_run(run_dir: Path, info: dict) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / RUN_FILE, json.dumps(info, indent=2))
-
-
-STOP_FILE = "vqct_stopped.json"
-
-
-def write_stop(run_dir: Path, step: int, reason: str) -> None:
-    """Rank 0: the run stopped for a reason a retry would repeat (see errors.RunStopped)."""
-    atomic_write_text(run_dir / STOP_FILE, json.dumps({"step": step, "reason": reason}))
-
-
-def take_stop(run_dir: Path) -> dict | None:
-    """The driver: the stop the workers left, if any (removed, so a resume starts clean)."""
-    path = run_dir / STOP_FILE
-    if not path.is_file():
-        return None
-    stop = json.loads(path.read_text())
-    path.unlink()
-    return stop
+from vqct.records.run_record import RUN_FILE, read_run
 
 
 def _latest_for_recipe(storage: Path, recipe: str) -> Path | None:

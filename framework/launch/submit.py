@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from vqct.config.schema import Config
 from vqct.errors import TrainingFailed, UserError
 
 # What a job never needs to upload (Ray caps the working directory at 500 MiB anyway).
@@ -47,16 +48,16 @@ def _client(address: str):
                         "start a cluster with `ray start --head` (dashboard on) or fix the address") from None
 
 
-def _pinned_overrides(cfg: dict, overrides: list[str]) -> list[str]:
+def _pinned_overrides(cfg: Config, overrides: list[str]) -> list[str]:
     """Absolute tracking URI and storage path, unless the user set them on the command line."""
     from vqct.tracking.mlflow_run import absolute_uri
 
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
     extra = []
     if "tracking.uri" not in given:
-        extra.append(f"tracking.uri={absolute_uri(cfg['tracking']['uri'])}")
+        extra.append(f"tracking.uri={absolute_uri(cfg.tracking.uri)}")
     if "trainer.storage_path" not in given:
-        extra.append(f"trainer.storage_path={Path(cfg['trainer']['storage_path']).expanduser().resolve()}")
+        extra.append(f"trainer.storage_path={Path(cfg.trainer.storage_path).expanduser().resolve()}")
     return extra
 
 
@@ -76,9 +77,9 @@ def submit(recipe: str, overrides: list[str], address: str | None, wait: bool,
     # No env_vars here: `vqct train` gives its workers their own, and Ray refuses a job whose
     # driver sets a key the job's runtime environment already sets.
     runtime_env = {"working_dir": str(Path(working_dir).resolve()), "excludes": EXCLUDES}
-    job_id = _submit_job(client, command, runtime_env, {"recipe": cfg["recipe"], "family": cfg["family"]})
+    job_id = _submit_job(client, command, runtime_env, {"recipe": cfg.recipe, "family": cfg.family})
     print(f"submitted job {job_id} to {address}: {command}", file=sys.stderr)
-    result = {"job_id": job_id, "address": address, "entrypoint": command, "recipe": cfg["recipe"]}
+    result = {"job_id": job_id, "address": address, "entrypoint": command, "recipe": cfg.recipe}
     if not wait:
         return {**result, "status": "PENDING"}
     status, logs = follow(client, job_id, timeout_s)

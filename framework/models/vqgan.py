@@ -140,10 +140,14 @@ class Decoder(nn.Module):
         self.norm_out = normalize(in_ch)
         self.conv_out = nn.Conv2d(in_ch, out_channels, 3, padding=1)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def features(self, z: torch.Tensor) -> torch.Tensor:
+        """Everything before `conv_out`: its input, which the adaptive GAN weight needs."""
         h = self.mid(self.conv_in(z))
         for stage, up in zip(self.stages, self.ups):
             for layer in stage:
                 h = layer(h)
             h = up(h)
-        return self.conv_out(swish(self.norm_out(h)))
+        return swish(self.norm_out(h))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.features(z))

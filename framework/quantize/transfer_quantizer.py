@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqct.kernels import Graph, gcn_aggregate, nearest_code, nearest_codes_topk, normalized_graph
-from vqct.quantize.usage import perplexity
+from vqct.quantize.usage import ReportsUsage, perplexity
 from vqct.quantize.vector_quantizer import vq_loss
 
 
@@ -50,7 +50,7 @@ class TransferNetwork(nn.Module):
         return self.layer2(self.dropout(F.relu(self.layer1(x, adjacency))), adjacency)
 
 
-class TransferQuantizer(nn.Module):
+class TransferQuantizer(ReportsUsage, nn.Module):
     def __init__(self, adjective_embeddings: torch.Tensor, noun_embeddings: torch.Tensor,
                  edge_index: torch.Tensor, edge_weight: torch.Tensor, code_dim: int, hidden: int,
                  dropout: float = 0.5, topk: int = 2, beta: float = 0.25, legacy_beta: bool = False,

@@ -1,4 +1,5 @@
-"""Codebook usage over a sliding window of steps, and perplexity of code counts."""
+"""Codebook statistics: usage (share of codes hit) and perplexity of code counts, over a
+sliding window of steps in training and over a whole pass in evaluation."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def perplexity(counts: torch.Tensor) -> float:
 
 
 class CodebookUsage:
-    """Fraction of codes hit at least once in the last WINDOW steps."""
+    """Code counts summed over the last WINDOW steps (`total`), for usage_stats."""
 
     def __init__(self, codebook_size: int, window: int):
         self.codebook_size = codebook_size
@@ -32,17 +33,38 @@ class CodebookUsage:
         self.window.append(counts)
         self.total += counts
 
-    @property
-    def usage(self) -> float:
-        return float((self.total > 0).sum()) / self.codebook_size
-
-    @property
-    def window_perplexity(self) -> float:
-        return perplexity(self.total)
-
     def restore(self, window: list[torch.Tensor]) -> None:
         """Refill the window from saved per-step counts (oldest first)."""
         self.window.clear()
         self.total.zero_()
         for counts in window:
             self.update(counts)
+
+
+class ReportsUsage:
+    """Usage statistics for a quantizer with one codebook group ({'codes': K}) or several
+    (vqct: {'adj': A, 'noun': N}); the one place that tells the two cases apart."""
+
+    groups: dict[str, int]
+
+    def usage_stats(self, counts: dict[str, torch.Tensor],
+                    perplexity_counts: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        """Usage from COUNTS per group, perplexity from PERPLEXITY_COUNTS (default COUNTS).
+        One group: codebook_usage, perplexity. Several: codebook_usage_<group> and
+        perplexity_<group> for each, and codebook_usage over all codes."""
+        perplexity_counts = counts if perplexity_counts is None else perplexity_counts
+        hit = {name: float((c > 0).sum()) for name, c in counts.items()}
+        if list(self.groups) == ["codes"]:
+            return {"codebook_usage": hit["codes"] / self.groups["codes"],
+                    "perplexity": perplexity(perplexity_counts["codes"])}
+        out = {}
+        for name, size in self.groups.items():
+            out[f"codebook_usage_{name}"] = hit[name] / size
+            out[f"perplexity_{name}"] = perplexity(perplexity_counts[name])
+        out["codebook_usage"] = sum(hit.values()) / sum(self.groups.values())
+        return out
+
+
+def as_metrics(stats: dict[str, float]) -> dict[str, float]:
+    """usage_stats keys as MLflow metric names: codebook_usage_adj -> codebook/usage_adj."""
+    return {f"codebook/{key.removeprefix('codebook_')}": value for key, value in stats.items()}

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqct.kernels import nearest_code
+from vqct.quantize.usage import ReportsUsage
 
 
 def vq_loss(zq: torch.Tensor, z: torch.Tensor, beta: float, legacy_beta: bool = False) -> torch.Tensor:
@@ -23,7 +24,7 @@ def vq_loss(zq: torch.Tensor, z: torch.Tensor, beta: float, legacy_beta: bool = 
     return codebook_term + beta * commit_term
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(ReportsUsage, nn.Module):
     def __init__(self, codebook_size: int, dim: int, beta: float = 0.25,
                  legacy_beta: bool = False, lookup_memory_mb: float = 256.0):
         super().__init__()

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from vqct.config.schema import Config, TextConfig
 from vqct.errors import UserError
 from vqct.files import sha256_file
 
@@ -34,26 +35,26 @@ def _shard_identity(url: str) -> str:
     return url
 
 
-def priors_inputs(cfg: dict, shard_urls: list[str]) -> dict:
-    text = cfg["text"]
+def priors_inputs(text: TextConfig, shard_urls: list[str]) -> dict:
+    """Everything the cache depends on (text.priors_dir only says where it lives)."""
     return {
-        "text_model": text["model"],
-        "pos_pipeline": text["pos_pipeline"],
-        "min_count": text["min_count"],
-        "adjectives": text["adjectives"],
-        "nouns": text["nouns"],
-        "max_captions": text["max_captions"],
-        "prompt_adj": text["prompt_adj"],
-        "prompt_noun": text["prompt_noun"],
-        "knn": text["knn"],
-        "knn_weight": text["knn_weight"],
+        "text_model": text.model,
+        "pos_pipeline": text.pos_pipeline,
+        "min_count": text.min_count,
+        "adjectives": text.adjectives,
+        "nouns": text.nouns,
+        "max_captions": text.max_captions,
+        "prompt_adj": text.prompt_adj,
+        "prompt_noun": text.prompt_noun,
+        "knn": text.knn,
+        "knn_weight": text.knn_weight,
         "shards": [_shard_identity(u) for u in shard_urls],
     }
 
 
-def priors_path(cfg: dict, shard_urls: list[str]) -> Path:
-    key = hashlib.sha256(json.dumps(priors_inputs(cfg, shard_urls), sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cfg["text"]["priors_dir"]).expanduser().resolve() / f"{cfg['recipe']}-{key}"
+def priors_path(cfg: Config, shard_urls: list[str]) -> Path:
+    key = hashlib.sha256(json.dumps(priors_inputs(cfg.text, shard_urls), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cfg.text.priors_dir).expanduser().resolve() / f"{cfg.recipe}-{key}"
 
 
 def read_captions(urls: list[str], limit: int) -> list[str]:
@@ -89,23 +90,22 @@ def verify(path: Path) -> bool:
         return False
 
 
-def build_priors(cfg: dict, shard_urls: list[str], path: Path) -> dict:
+def build_priors(text: TextConfig, shard_urls: list[str], path: Path) -> dict:
     """Build the cache at PATH (written to a temporary folder, then renamed)."""
     from vqct.text.encoders import TextEncoder
     from vqct.text.graph import build_graph
     from vqct.text.pos_vocab import build_vocabulary, load_pipeline
 
-    text = cfg["text"]
-    nlp = load_pipeline(text["pos_pipeline"])
-    encoder = TextEncoder(text["model"])
-    captions = read_captions(shard_urls, text["max_captions"])
-    vocab = build_vocabulary(captions, nlp, text["min_count"], text["adjectives"], text["nouns"])
+    nlp = load_pipeline(text.pos_pipeline)
+    encoder = TextEncoder(text.model)
+    captions = read_captions(shard_urls, text.max_captions)
+    vocab = build_vocabulary(captions, nlp, text.min_count, text.adjectives, text.nouns)
     print(f"priors: {len(vocab.adjectives)} adjectives, {len(vocab.nouns)} nouns from {vocab.report}",
           file=sys.stderr)
-    adj_emb = encoder.embed_sentences([text["prompt_adj"].format(w) for w in vocab.adjectives])
-    noun_emb = encoder.embed_sentences([text["prompt_noun"].format(w) for w in vocab.nouns])
+    adj_emb = encoder.embed_sentences([text.prompt_adj.format(w) for w in vocab.adjectives])
+    noun_emb = encoder.embed_sentences([text.prompt_noun.format(w) for w in vocab.nouns])
     edge_index, edge_weight = build_graph(vocab.adjectives, vocab.nouns, vocab.pairs,
-                                          torch.cat([adj_emb, noun_emb]), text["knn"], text["knn_weight"])
+                                          torch.cat([adj_emb, noun_emb]), text.knn, text.knn_weight)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     save_file({"adjective_embeddings": adj_emb.contiguous(), "noun_embeddings": noun_emb.contiguous(),
@@ -115,7 +115,7 @@ def build_priors(cfg: dict, shard_urls: list[str], path: Path) -> dict:
         "adjectives": vocab.adjectives, "nouns": vocab.nouns,
         "adjective_counts": vocab.adjective_counts, "noun_counts": vocab.noun_counts,
         "pairs": vocab.pairs, "report": vocab.report}, indent=1))
-    manifest = {"inputs": priors_inputs(cfg, shard_urls), "text_model": text["model"],
+    manifest = {"inputs": priors_inputs(text, shard_urls), "text_model": text.model,
                 "embedding_dim": int(adj_emb.shape[1]), "edges": int(edge_index.shape[1]),
                 "report": vocab.report, "sha256": {name: sha256_file(tmp / name) for name in FILES}}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -125,7 +125,7 @@ def build_priors(cfg: dict, shard_urls: list[str], path: Path) -> dict:
     return manifest
 
 
-def ensure_priors(cfg: dict, shard_urls: list[str], force: bool = False) -> tuple[Path, dict, bool]:
+def ensure_priors(cfg: Config, shard_urls: list[str], force: bool = False) -> tuple[Path, dict, bool]:
     """The cache for CFG's inputs: reused when valid, (re)built otherwise.
     Returns (path, manifest, built)."""
     path = priors_path(cfg, shard_urls)
@@ -133,7 +133,7 @@ def ensure_priors(cfg: dict, shard_urls: list[str], force: bool = False) -> tupl
         if verify(path):
             return path, json.loads((path / "manifest.json").read_text()), False
         print(f"warning: priors cache {path} is corrupt or incomplete: rebuilding it", file=sys.stderr)
-    return path, build_priors(cfg, shard_urls, path), True
+    return path, build_priors(cfg.text, shard_urls, path), True
 
 
 def load_priors(path: str | Path) -> dict:

@@ -13,20 +13,19 @@ from vqct.tokenizer.load import load_tokenizer
 
 
 def caption_images(checkpoint: str, images: list[str], max_length: int = 30) -> dict:
-    from vqct.align.heads import context_length
     from vqct.text.encoders import TextEncoder
 
     model, cfg = load_tokenizer(checkpoint)
     if model.align is None or model.align.vlt is None:
         raise UserError(f"{checkpoint}: this run has no translation module (align.vlt.enabled was false)")
-    size = cfg["data"]["image_size"]
+    size = cfg.data.image_size
     batch = []
     for path in images:
         try:
             batch.append(decode_image(Path(path).read_bytes(), size))
         except (OSError, BadSample) as exc:
             raise UserError(f"{path}: cannot be read as an image ({exc})") from None
-    tokenizer = TextEncoder(cfg["text"]["model"], context_length(cfg)).tokenizer
+    tokenizer = TextEncoder(cfg.text.model, cfg.align.context_length).tokenizer
     start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():

@@ -24,7 +24,7 @@ def export_tokens(checkpoint: str, data, out: str, batch_size: int = 64, per_fil
 
     model, cfg = load_tokenizer(checkpoint)
     urls = resolve_shards(data, "--data")
-    stream = ImageCaptionStream(urls, image_size=cfg["data"]["image_size"], shuffle_buffer=0, epochs=1)
+    stream = ImageCaptionStream(urls, image_size=cfg.data.image_size, shuffle_buffer=0, epochs=1)
     loader = Loader(stream, batch_size=batch_size, num_workers=0)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -49,5 +49,5 @@ def export_tokens(checkpoint: str, data, out: str, batch_size: int = 64, per_fil
             if len(keys) >= per_file:
                 flush()
         flush()
-    return {"images": total, "files": len(files), "out": str(out_dir), "recipe": cfg["recipe"],
-            "quantizer": cfg["quantizer"]["name"], "skipped": loader.skipped}
+    return {"images": total, "files": len(files), "out": str(out_dir), "recipe": cfg.recipe,
+            "quantizer": cfg.quantizer.name, "skipped": loader.skipped}

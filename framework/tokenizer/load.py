@@ -7,50 +7,51 @@ own zero_to_fp32 consolidates the ZeRO shards into one fp32 state dict.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from vqct.align.heads import context_length
-from vqct.align.heads import enabled as align_enabled
+from vqct.config.schema import Config, VQCTConfig
+from vqct.config.typed import config_from_dict
 from vqct.errors import UserError
+from vqct.records.checkpoint_integrity import STATE_FILE, DamagedCheckpoint, read_state
+from vqct.records.deepspeed_files import TAG, trusted_loading
 from vqct.tokenizer.model import VQTokenizer, build_tokenizer
-from vqct.train.checkpoint import STATE_FILE, TAG, trusted_loading
 
 
-def read_state(checkpoint: str | Path) -> dict:
-    """The checkpoint's `vqct_state.json`: {'config': resolved config, 'priors_dir': ...}."""
-    state_path = Path(checkpoint) / STATE_FILE
-    if not state_path.is_file():
+def checkpoint_config(checkpoint: str | Path) -> tuple[Config, dict]:
+    """(the run's typed config, the whole stored state) of a checkpoint directory."""
+    if not (Path(checkpoint) / STATE_FILE).is_file():
         raise UserError(f"{checkpoint}: not a vqct checkpoint (no {STATE_FILE}); give a "
                         "runs/<run>/checkpoint_<time> directory")
-    state = json.loads(state_path.read_text())
+    try:
+        state = read_state(Path(checkpoint))
+    except DamagedCheckpoint as exc:
+        raise UserError(f"{checkpoint}: damaged checkpoint ({exc}); give another checkpoint of the run") from None
     if "config" not in state:
         raise UserError(f"{checkpoint}: written by an older vqct without the resolved config in "
                         f"{STATE_FILE}; retrain or evaluate a newer checkpoint")
-    return state
+    return config_from_dict(state["config"], stored=True), state
 
 
 def load_tokenizer(checkpoint: str | Path, device: str | torch.device = "cpu",
-                   text_encoder=None) -> tuple[VQTokenizer, dict]:
+                   text_encoder=None) -> tuple[VQTokenizer, Config]:
     """CHECKPOINT: a checkpoint directory (vqct.load_tokenizer also takes models:/ URIs).
-    Returns (the tokenizer in eval mode, the run's resolved config). TEXT_ENCODER: reuse
-    one the caller already loaded for this run's text model instead of loading it again."""
+    Returns (the tokenizer in eval mode, the run's config). TEXT_ENCODER: reuse one the
+    caller already loaded for this run's text model instead of loading it again."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     checkpoint = Path(checkpoint)
-    state = read_state(checkpoint)
-    cfg = state["config"]
+    cfg, state = checkpoint_config(checkpoint)
     priors = None
-    if cfg["quantizer"]["name"] == "vqct":
+    if isinstance(cfg.quantizer, VQCTConfig):
         from vqct.text.priors import load_priors
 
         priors = load_priors(state["priors_dir"])
-    if text_encoder is None and align_enabled(cfg):
+    if text_encoder is None and cfg.align.enabled:
         from vqct.text.encoders import TextEncoder
 
-        text_encoder = TextEncoder(cfg["text"]["model"], context_length(cfg))
+        text_encoder = TextEncoder(cfg.text.model, cfg.align.context_length)
     model = build_tokenizer(cfg, priors, text_encoder)
     with trusted_loading():
         weights = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint / "generator"), tag=TAG)

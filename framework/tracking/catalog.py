@@ -7,20 +7,31 @@ import sys
 from pathlib import Path
 
 from vqct.config.compose import load_recipe, recipes_dir
+from vqct.config.schema import Config, VQConfig, VQCTConfig
 from vqct.errors import UserError
 from vqct.tracking.registry import LOWER_IS_BETTER
 
 
-def describe(cfg: dict) -> dict:
-    q, t, d = cfg["quantizer"], cfg["text"], cfg["data"]
-    codes = q["codebook_size"] if q["name"] == "vq" else f"{t['adjectives'] or 'all'}+{t['nouns'] or 'all'}"
-    return {"recipe": cfg["recipe"], "family": cfg["family"], "quantizer": q["name"],
-            "text_model": t["model"] if q["name"] == "vqct" or cfg["family"] in ("lgvq", "vqct_vlt") else "-",
-            "image_size": d["image_size"], "codes": codes, "embed_dim": cfg["model"]["embed_dim"],
-            "model_ch": cfg["model"]["ch"]}
+def codebook_size(cfg: Config) -> int | None:
+    """The number of codes CFG trains: vq's codebook_size; vqct's vocabulary sizes when both
+    are set (else the caption vocabulary decides, known once the priors are built)."""
+    q, t = cfg.quantizer, cfg.text
+    if isinstance(q, VQConfig):
+        return q.codebook_size
+    return t.adjectives + t.nouns if t.adjectives and t.nouns else None
 
 
-def _recipe_configs() -> list[dict]:
+def describe(cfg: Config) -> dict:
+    q, t = cfg.quantizer, cfg.text
+    groups = "-" if isinstance(q, VQConfig) else f"{t.adjectives or 'all'}+{t.nouns or 'all'}"
+    uses_text = isinstance(q, VQCTConfig) or cfg.align.enabled
+    return {"recipe": cfg.recipe, "family": cfg.family, "quantizer": q.name,
+            "text_model": t.model if uses_text else "-", "image_size": cfg.data.image_size,
+            "codes": codebook_size(cfg), "code_groups": groups, "embed_dim": cfg.model.embed_dim,
+            "model_ch": cfg.model.ch}
+
+
+def _recipe_configs() -> list[Config]:
     configs = []
     for path in sorted(recipes_dir().glob("*.yaml")):
         try:
@@ -35,7 +46,7 @@ def _recipe_configs() -> list[dict]:
     return configs
 
 
-def _with_placeholder_shards(path: Path, message: str) -> dict | None:
+def _with_placeholder_shards(path: Path, message: str) -> Config | None:
     if "needs a value for" not in message:
         return None
     keys = message.split("needs a value for ", 1)[1].split(":", 1)[0].split(", ")
@@ -57,7 +68,8 @@ def _runs_by_recipe(uri: str) -> dict[str, list]:
     return grouped
 
 
-def _best(runs: list, metric: str):
+def best_run(runs: list, metric: str):
+    """The run of RUNS with the best final METRIC (lower is better for errors), or None."""
     lower = metric.split("/")[-1] in LOWER_IS_BETTER
     scored = [r for r in runs if metric in r.data.metrics]
     if not scored:
@@ -75,8 +87,8 @@ def list_recipes(uri: str | None, metric: str) -> dict:
     grouped = _runs_by_recipe(uri) if store_exists else {}
     rows = []
     for cfg in _recipe_configs():
-        runs = grouped.get(cfg["recipe"], [])
-        best = _best(runs, metric)
+        runs = grouped.get(cfg.recipe, [])
+        best = best_run(runs, metric)
         rows.append({**describe(cfg), "runs": len(runs),
                      "best_run": best.info.run_id if best else None,
                      "best": best.data.metrics[metric] if best else None})
@@ -85,7 +97,8 @@ def list_recipes(uri: str | None, metric: str) -> dict:
 
 
 def _table(rows: list[dict], metric: str) -> str:
-    columns = ["recipe", "family", "quantizer", "text_model", "image_size", "codes", "runs", "best_run", "best"]
+    columns = ["recipe", "family", "quantizer", "text_model", "image_size", "codes", "code_groups", "runs",
+               "best_run", "best"]
     header = "| " + " | ".join(c if c != "best" else f"best {metric}" for c in columns) + " |"
     lines = [header, "|" + "---|" * len(columns)]
     for row in rows:

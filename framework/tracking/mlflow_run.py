@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from vqct.config.compose import config_hash, flatten, to_yaml
-
-CHECKPOINT_TAG = "vqct.checkpoint"
+from vqct.config.schema import Config
+from vqct.records.tags import RUN_CHECKPOINT_TAG
 _PARAM_MAX = 6000  # MLflow's limit on a param value's length
 
 
@@ -44,35 +44,36 @@ def absolute_uri(uri: str) -> str:
     return uri
 
 
-def _experiment_id(client, name: str, uri: str) -> str:
+def experiment_id(client, name: str, uri: str) -> str:
+    """The id of experiment NAME, created (artifacts beside a sqlite store) when missing."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     return client.create_experiment(name, artifact_location=sqlite_artifact_root(uri))
 
 
-def open_run(cfg: dict, run_name: str, resume_run_id: str | None = None) -> str:
+def open_run(cfg: Config, run_name: str, resume_run_id: str | None = None) -> str:
     """Create the MLflow run (or reopen RESUME_RUN_ID); returns its id."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    uri = cfg["tracking"]["uri"]
+    uri = cfg.tracking.uri
     client = MlflowClient(tracking_uri=uri)
     if resume_run_id:
         client.update_run(resume_run_id, status="RUNNING")
         client.set_tag(resume_run_id, "vqct.resumed", "true")
         return resume_run_id
-    experiment_id = _experiment_id(client, cfg["tracking"]["experiment"], uri)
+    experiment = experiment_id(client, cfg.tracking.experiment, uri)
     tags = {
-        "recipe": cfg["recipe"],
-        "family": cfg["family"],
-        "quantizer": cfg["quantizer"]["name"],
+        "recipe": cfg.recipe,
+        "family": cfg.family,
+        "quantizer": cfg.quantizer.name,
         "git_commit": git_commit(),
         "config_hash": config_hash(cfg),
         "vqct.run_name": run_name,
         "mlflow.runName": run_name,
     }
-    run = client.create_run(experiment_id, tags=tags, run_name=run_name)
+    run = client.create_run(experiment, tags=tags, run_name=run_name)
     run_id = run.info.run_id
     params = [mlflow.entities.Param(k, str(v)[:_PARAM_MAX]) for k, v in flatten(cfg).items()]
     for start in range(0, len(params), 100):  # log_batch takes at most 100 params a call
@@ -97,7 +98,7 @@ def tag_checkpoint(uri: str, run_id: str, path: str | None) -> None:
     from mlflow.tracking import MlflowClient
 
     try:
-        MlflowClient(tracking_uri=uri).set_tag(run_id, CHECKPOINT_TAG, path)
+        MlflowClient(tracking_uri=uri).set_tag(run_id, RUN_CHECKPOINT_TAG, path)
     except Exception as exc:
         print(f"warning: could not tag MLflow run {run_id} with its checkpoint: {exc}", file=sys.stderr)
 
@@ -114,7 +115,7 @@ def log_start_metrics(uri: str, run_id: str, metrics: dict[str, float]) -> None:
         print(f"warning: could not log {', '.join(metrics)} to MLflow: {exc}", file=sys.stderr)
 
 
-def log_config_copy(uri: str, run_id: str, cfg: dict, name: str) -> None:
+def log_config_copy(uri: str, run_id: str, cfg: Config, name: str) -> None:
     from mlflow.tracking import MlflowClient
 
     try:

@@ -15,10 +15,10 @@ import re
 import sys
 from pathlib import Path
 
+from vqct.config.schema import Config
 from vqct.errors import UserError
-
-CHECKPOINT_TAG = "checkpoint"
-STATE_FILE = "vqct_state.json"  # vqct.train.checkpoint.STATE_FILE, without importing the training side
+from vqct.records.checkpoint_integrity import STATE_FILE
+from vqct.records.tags import VERSION_CHECKPOINT_TAG
 LOWER_IS_BETTER = {"l1", "val_l1", "rfid", "code_word_mse", "lgvq_ras_mse"}
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+|latest))$")
 
@@ -27,7 +27,7 @@ def default_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
 
 
-def register_run(uri: str, run_id: str, cfg: dict, checkpoint: str | None) -> str | None:
+def register_run(uri: str, run_id: str, cfg: Config, checkpoint: str | None) -> str | None:
     """Register RUN_ID's checkpoint as a new version of the recipe's model. Returns the version, or None (with a warning) when the registry is unreachable."""
     if not checkpoint:
         return None
@@ -37,17 +37,17 @@ def register_run(uri: str, run_id: str, cfg: dict, checkpoint: str | None) -> st
     from vqct.config.compose import config_hash
     from vqct.tracking.mlflow_run import git_commit
 
-    name = cfg["recipe"]
+    name = cfg.recipe
     try:
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         try:
-            client.create_registered_model(name, tags={"family": cfg["family"]},
+            client.create_registered_model(name, tags={"family": cfg.family},
                                            description=f"vqct tokenizers trained with recipe {name}")
         except MlflowException as exc:
             if "already exists" not in str(exc).lower():
                 raise
-        tags = {"config_hash": config_hash(cfg), "git_commit": git_commit(), "family": cfg["family"],
-                "quantizer": cfg["quantizer"]["name"], CHECKPOINT_TAG: checkpoint}
+        tags = {"config_hash": config_hash(cfg), "git_commit": git_commit(), "family": cfg.family,
+                "quantizer": cfg.quantizer.name, VERSION_CHECKPOINT_TAG: checkpoint}
         # An MLflow server accepts run-artifact sources only, not local paths: the version points
         # at the run's tokenizer/ artifact (the resolved config) and its tag at the checkpoint.
         client.log_artifact(run_id, str(Path(checkpoint) / STATE_FILE), "tokenizer")
@@ -78,7 +78,7 @@ def resolve_model_uri(model_uri: str, uri: str | None = None) -> str:
     except Exception as exc:
         raise UserError(f"{model_uri}: not in the model registry at {uri} ({type(exc).__name__}); "
                         "set MLFLOW_TRACKING_URI, or train and evaluate the recipe first") from None
-    checkpoint = version.tags.get(CHECKPOINT_TAG) or version.source
+    checkpoint = version.tags.get(VERSION_CHECKPOINT_TAG) or version.source
     if not Path(checkpoint).is_dir():
         raise UserError(f"{model_uri}: version {version.version}'s checkpoint {checkpoint} is not on this "
                         "machine (checkpoints live on storage the readers share)")

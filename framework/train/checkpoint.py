@@ -1,7 +1,7 @@
 """Checkpoint contents: two DeepSpeed checkpoints (generator, discriminator) and our own
 small state (step, MLflow run id, codebook-usage window, fault counters) as JSON +
 safetensors, with a per-rank manifest that proves the files complete
-(train/checkpoint_integrity.py).
+(records/checkpoint_integrity.py).
 
 Every rank saves into its own local directory; Ray Train merges the ranks' directories
 into one checkpoint and registers it only once every rank has reported. Nothing is
@@ -10,47 +10,17 @@ unpickled: DeepSpeed's .pt files are read with torch.load(weights_only=True).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from vqct.files import atomic_write_text
-from vqct.train.checkpoint_integrity import STATE_FILE, verify_checkpoint, write_manifest
+from vqct.records.checkpoint_integrity import STATE_FILE, verify_checkpoint, write_manifest
+from vqct.records.deepspeed_files import TAG, trusted_loading
 
 USAGE_FILE = "usage_window.safetensors"
-TAG = "state"
-
-
-def _deepspeed_checkpoint_types() -> list:
-    """The only non-tensor classes in DeepSpeed's optimizer files (found by
-    torch.serialization.get_unsafe_globals_in_checkpoint over ZeRO 0-3 x fp32/bf16):
-    plain data holders that construct no code."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [LossScaler, ZeroStageEnum, fragment_address]
-
-
-@contextlib.contextmanager
-def trusted_loading():
-    """Every torch.load inside — DeepSpeed's own, which pass weights_only=False, included —
-    runs as weights_only=True with DeepSpeed's data classes allowlisted: a tampered
-    checkpoint fails to load instead of running code."""
-    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        with torch.serialization.safe_globals(_deepspeed_checkpoint_types()):
-            yield
-    finally:
-        if previous is None:
-            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
-        else:
-            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
 
 
 def save_checkpoint(directory: Path, gen, disc, state: dict, usage_windows: dict[str, list[torch.Tensor]],

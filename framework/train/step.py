@@ -5,10 +5,11 @@ Knows nothing of Ray or MLflow: takes a batch, returns float metrics and code co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from vqct.config.schema import AlignConfig, LossConfig
 from vqct.models.losses import adaptive_weight, conv_weight_grad, generator_adv_loss, hinge_d_loss
 from vqct.train.numerics import check_losses, skip_step_on_nonfinite_grads
 
@@ -21,16 +22,12 @@ class LossWeights:
     disc: float
     disc_factor: float
     disc_start: int
-    align: dict = None  # alignment loss name -> weight (LG-VQ: gsa, mtp, ras; VLT: vlt_caption, vlt_align)
+    align: dict = field(default_factory=dict)  # alignment loss name -> weight (AlignConfig.weights)
 
     @classmethod
-    def from_cfg(cls, loss_cfg: dict, align_cfg: dict | None = None) -> "LossWeights":
-        lgvq, vlt = (align_cfg or {}).get("lgvq", {}), (align_cfg or {}).get("vlt", {})
-        align = {"gsa": lgvq["alpha"], "mtp": lgvq["beta"], "ras": lgvq["gamma"]} if lgvq.get("enabled") else {}
-        if vlt.get("enabled"):
-            align.update({"vlt_caption": vlt["caption_weight"], "vlt_align": vlt["align_weight"]})
-        return cls(loss_cfg["rec_weight"], loss_cfg["perceptual_weight"], loss_cfg["codebook_weight"],
-                   loss_cfg["disc_weight"], loss_cfg["disc_factor"], loss_cfg["disc_start"], align)
+    def from_config(cls, loss: LossConfig, align: AlignConfig | None = None) -> "LossWeights":
+        return cls(loss.rec_weight, loss.perceptual_weight, loss.codebook_weight, loss.disc_weight,
+                   loss.disc_factor, loss.disc_start, align.weights() if align is not None else {})
 
 
 def _weight_shape(param: torch.nn.Parameter) -> torch.Size:
@@ -74,8 +71,8 @@ def generator_losses(gen, disc, perceptual, images: torch.Tensor, step: int, w: 
         metrics.update({"loss/g_adv": g_loss, "loss/d_weight": d_weight})
     surrogate = (out.reconstruction.float() * grad.float()).sum() + w.codebook * out.quant_loss
     for name, value in out.align_losses.items():  # they reach the codes through the engine's graph
-        surrogate = surrogate + (w.align or {}).get(name, 0.0) * value
-        total = total + (w.align or {}).get(name, 0.0) * value.detach()
+        surrogate = surrogate + w.align.get(name, 0.0) * value
+        total = total + w.align.get(name, 0.0) * value.detach()
         metrics[f"loss/{name}"] = value
     metrics["loss/total"] = total
     return out, metrics, surrogate
@@ -101,7 +98,7 @@ def _update(engine, loss: torch.Tensor) -> None:
 
 def train_micro_step(gen, disc, perceptual, images: torch.Tensor, step: int, w: LossWeights,
                      text: dict | None = None, masked: torch.Tensor | None = None):
-    """Returns (float metrics, code indices of this micro-batch, reconstruction). Raises
+    """Returns (float metrics, code indices of this micro-batch). Raises
     NonFiniteLoss, on every rank alike, when a loss term is NaN/Inf (nothing updated)."""
     out, metrics, surrogate = generator_losses(gen, disc, perceptual, images, step, w, text, masked)
     d_metrics, d_loss = discriminator_losses(disc, images, out.reconstruction, step, w)
@@ -112,4 +109,4 @@ def train_micro_step(gen, disc, perceptual, images: torch.Tensor, step: int, w: 
     if d_loss is not None:
         _update(disc, d_loss)
     floats = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in metrics.items()}
-    return floats, out.indices.detach(), out.reconstruction.detach()
+    return floats, out.indices.detach()

@@ -1,0 +1,122 @@
+"""Plain mappings <-> the typed Config: for composed recipes (strict) and for the configs that
+checkpoints and run records stored (lenient about keys older versions wrote).
+
+OmegaConf merges each mapping into the schema's dataclasses, so an unknown key or a value
+of the wrong type fails with the full key named. The quantizer section is merged into the
+class its `name` chooses (schema.QUANTIZERS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from vqct.config.schema import QUANTIZERS, Config, QuantizerConfig, section_types
+from vqct.errors import UserError
+
+# Keys renamed since they were first released: old key -> the key that replaced it.
+RENAMED = {
+    "align.lgvq.alpha": "align.lgvq.gsa_weight",
+    "align.lgvq.beta": "align.lgvq.mtp_weight",
+    "align.lgvq.gamma": "align.lgvq.ras_weight",
+}
+
+
+SECTION_TYPES = section_types()
+
+
+class ConfigError(UserError):
+    """A config that does not fit the schema; the message names the key."""
+
+
+def one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return "; ".join(lines)
+
+
+def _pop_path(raw: dict, dotted: str) -> tuple[bool, Any]:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node.get(key) if isinstance(node, dict) else None
+        if node is None:
+            return False, None
+    if isinstance(node, dict) and leaf in node:
+        return True, node.pop(leaf)
+    return False, None
+
+
+def _renamed(raw: dict, stored: bool) -> dict:
+    """Recipes using an old key are refused with the new one named; stored configs are moved over."""
+    for old, new in RENAMED.items():
+        found, value = _pop_path(raw, old)
+        if not found:
+            continue
+        if not stored:
+            raise ConfigError(f"config: {old} was renamed {new}: use {new}={value}")
+        *parents, leaf = new.split(".")
+        node = raw
+        for key in parents:
+            node = node.setdefault(key, {})
+        node.setdefault(leaf, value)
+    return raw
+
+
+def quantizer_config(raw: Mapping[str, Any], stored: bool = False) -> QuantizerConfig:
+    """The quantizer section as the class its name chooses; STORED drops keys it does not read
+    (older versions stored every quantizer's keys in one flat section)."""
+    raw = dict(raw)
+    name = raw.get("name", "vq")
+    if name not in QUANTIZERS:
+        known = " or ".join(f"'{n}'" for n in QUANTIZERS)
+        raise ConfigError(f"config: quantizer.name='{name}' must be {known}")
+    cls = QUANTIZERS[name]
+    reads = [f.name for f in dataclasses.fields(cls)]
+    unread = [key for key in raw if key not in reads]
+    if unread and stored:
+        raw = {k: v for k, v in raw.items() if k in reads}
+    elif unread:
+        raise ConfigError(f"config: quantizer.{unread[0]} is not read by the {name} quantizer, which reads "
+                          f"quantizer.{{{', '.join(reads)}}}; remove it")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), raw))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config: quantizer.{exc.full_key}: {one_line(exc).split('; full_key')[0]}") from None
+
+
+def config_from_dict(raw: Mapping[str, Any], stored: bool = False) -> Config:
+    """RAW: the whole config as plain values (interpolations resolved). Not checked: call
+    .check() for the semantic checks."""
+    raw = _renamed(_plain_copy(raw), stored)
+    quantizer = quantizer_config(raw.pop("quantizer", {}) or {}, stored)
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), raw))
+    except ConfigKeyError as exc:
+        raise ConfigError(_unknown_key(str(exc.full_key))) from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config: {one_line(exc)}") from None
+    cfg.quantizer = quantizer
+    return cfg
+
+
+def _unknown_key(full_key: str) -> str:
+    """'data.bogus' -> a line that names the key and the keys its section has."""
+    *parents, leaf = full_key.split(".")
+    cls = Config
+    for name in parents:
+        cls = next(f.type for f in dataclasses.fields(cls) if f.name == name)
+        cls = SECTION_TYPES.get(cls, cls)
+    keys = ", ".join(f.name for f in dataclasses.fields(cls))
+    where = ".".join(parents) or "the top level"
+    return f"config: {full_key} is not a config key ({where} has: {keys})"
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _plain_copy(raw: Mapping[str, Any]) -> dict:
+    return {k: _plain_copy(v) if isinstance(v, Mapping) else v for k, v in raw.items()}

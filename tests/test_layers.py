@@ -1,0 +1,130 @@
+"""Imports go down the layers of docs/architecture.md, and no module imports another's private
+names. Read from the source with `ast` (every import, the ones inside functions too)."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+# Top first; a package may import its own modules and any package on a lower row.
+LAYERS = [
+    {"__main__"},  # python -m vqct
+    {"cli"},
+    {"bench", "__init__"},  # benchmarks; vqct.load_tokenizer, the library's front door
+    {"launch"},
+    {"train"},
+    {"eval"},
+    {"tracking"},
+    {"tokenizer"},
+    {"align", "quantize"},
+    {"text", "models", "data", "kernels"},
+    {"config"},
+    {"records"},
+    {"errors", "files"},
+]
+RANK = {package: row for row, packages in enumerate(LAYERS) for package in packages}
+SOURCES = {"framework": "vqct", "kernels": "vqct.kernels"}
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the vqct package."""
+    found = {}
+    for folder, prefix in SOURCES.items():
+        for path in sorted((REPO / folder).rglob("*.py")):
+            parts = list(path.relative_to(REPO / folder).with_suffix("").parts)
+            found[".".join([prefix, *parts])] = path
+    return found
+
+
+def _where(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def _package(module: str) -> str:
+    """vqct.train.loop -> train; vqct.errors -> errors; vqct (the root __init__) -> __init__."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _imports(path: Path, module: str) -> list[tuple[str, list[str], int]]:
+    """(imported module, names taken from it, line) for every vqct import in PATH."""
+    tree = ast.parse(path.read_text(), str(path))
+    package_parts = module.split(".")[:-1] if path.name != "__init__.py" else module.split(".")
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(alias.name, [], node.lineno) for alias in node.names if alias.name.startswith("vqct")]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                base = package_parts[: len(package_parts) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("vqct"):
+                out.append((target, [alias.name for alias in node.names], node.lineno))
+    return out
+
+
+def upward_imports(modules: dict[str, Path]) -> list[str]:
+    problems = []
+    for module, path in modules.items():
+        mine = _package(module)
+        for target, names, line in _imports(path, module):
+            theirs = _package(target) if target != "vqct" else "__init__"
+            if target == "vqct" and names:  # `from vqct import x`: x is a package or a root name
+                theirs = names[0] if names[0] in RANK else "__init__"
+            if theirs == mine:
+                continue
+            if theirs not in RANK or mine not in RANK:
+                problems.append(f"{_where(path)}:{line}: {mine} or {theirs} is not in LAYERS")
+            elif RANK[theirs] <= RANK[mine]:
+                problems.append(f"{_where(path)}:{line}: {mine} imports {target} ({theirs} is not below it)")
+    return problems
+
+
+def private_imports(modules: dict[str, Path]) -> list[str]:
+    problems = []
+    for module, path in modules.items():
+        for target, names, line in _imports(path, module):
+            for name in names:
+                if name.startswith("_") and not name.startswith("__"):
+                    problems.append(f"{_where(path)}:{line}: imports {target}.{name}, a private name")
+    return problems
+
+
+def test_every_package_is_placed_in_a_layer():
+    packages = {_package(m) for m in _modules()}
+    assert packages <= set(RANK), sorted(packages - set(RANK))
+
+
+def test_imports_only_go_down_the_layers():
+    assert upward_imports(_modules()) == []
+
+
+def test_no_module_imports_another_modules_private_names():
+    assert private_imports(_modules()) == []
+
+
+@pytest.mark.parametrize("planted,expected", [
+    ("from vqct.launch.runs import choose_run\n", "train imports vqct.launch.runs"),
+    ("import vqct.train.loop\n", "eval imports vqct.train.loop"),
+    ("from vqct.tracking.registry import register_run\n", "tokenizer imports vqct.tracking.registry"),
+])
+def test_a_planted_upward_import_is_caught(tmp_path, planted, expected):
+    """The check itself can fail: the same scan over a copy with one upward import added."""
+    modules = _modules()
+    victim = {"train": "vqct.train.step", "eval": "vqct.eval.alignment", "tokenizer": "vqct.tokenizer.model"}
+    module = victim[expected.split()[0]]
+    copy = tmp_path / modules[module].name
+    copy.write_text(modules[module].read_text() + "\n\ndef _planted():\n    " + planted)
+    problems = upward_imports({module: copy})
+    assert any(expected in p for p in problems), problems
+
+
+def test_a_planted_private_import_is_caught(tmp_path):
+    modules = _modules()
+    copy = tmp_path / "step.py"
+    copy.write_text(modules["vqct.train.step"].read_text() + "\nfrom vqct.train.loop import _last_line\n")
+    assert any("_last_line" in p for p in private_imports({"vqct.train.step": copy}))
