@@ -23,11 +23,12 @@ export PYTHONUNBUFFERED ?= 1
 
 DEMO_DATA ?= data/shapes
 DEMO_ARGS ?=
-# make compare: the five shapes recipes with the same seed, steps, image size and codebook
-# capacity (256 codes: vqgan_shapes' 256 = vqct_shapes' 128 adjectives + 128 nouns), each
-# followed by vqct eval on the held-out shards, then one table.
+# make compare: the five shapes recipes over SEEDS with the same steps, image size and codebook
+# capacity (256 codes: vqgan_shapes' 256 = vqct_shapes' 128 adjectives + 128 nouns), each run
+# followed by vqct eval on the held-out shards, then one table of mean ± sd per recipe.
 COMPARE_RECIPES ?= vqgan_shapes vqct_shapes lgvq_shapes vqct_lgvq_shapes vqct_vlt_shapes
-COMPARE_ARGS ?= seed=0 trainer.max_steps=800 data.image_size=32
+SEEDS ?= 0 1 2
+COMPARE_ARGS ?= trainer.max_steps=800 data.image_size=32
 
 .PHONY: setup cluster-tools demo compare test test-fast clean
 
@@ -50,12 +51,14 @@ demo: $(STAMP) $(DEMO_DATA)/manifest.json
 
 compare: $(STAMP) $(DEMO_DATA)/manifest.json
 	@mkdir -p runs/compare
-	set -o pipefail; for r in $(COMPARE_RECIPES); do \
-	  $(VENV)/bin/vqct train $$r $(COMPARE_ARGS) | tee runs/compare/$$r.json || exit 1; \
-	  checkpoint=$$($(PY) -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["checkpoint"])' runs/compare/$$r.json); \
-	  $(VENV)/bin/vqct eval $$checkpoint --data $(DEMO_DATA)/val | tee runs/compare/$$r.eval.json || exit 1; \
-	done
-	$(VENV)/bin/vqct compare $(foreach r,$(COMPARE_RECIPES),runs/compare/$(r).json)
+	set -o pipefail; for r in $(COMPARE_RECIPES); do for s in $(SEEDS); do \
+	  out=runs/compare/$$r-seed$$s; \
+	  test -s $$out.eval.json && continue; \
+	  $(VENV)/bin/vqct train $$r seed=$$s $(COMPARE_ARGS) | tee $$out.json || exit 1; \
+	  checkpoint=$$($(PY) -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["checkpoint"])' $$out.json); \
+	  $(VENV)/bin/vqct eval $$checkpoint --data $(DEMO_DATA)/val | tee $$out.eval.json || exit 1; \
+	done; done
+	$(VENV)/bin/vqct compare $(foreach r,$(COMPARE_RECIPES),$(foreach s,$(SEEDS),runs/compare/$(r)-seed$(s).json))
 
 # The SLURM tests start a one-node cluster from Debian's slurm-wlm (daemons on 127.0.0.1).
 cluster-tools:

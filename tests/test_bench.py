@@ -20,7 +20,7 @@ def test_bench_step_zero1_prints_both_precisions_and_ratios(tmp_path):
     assert result["zero_stage"] == 1 and result["batch_size"] == 4 and result["device"]
     fp32, bf16 = result["results"]["fp32"], result["results"]["bf16"]
     assert fp32["speedup_vs_fp32"] == 1.0
-    assert bf16["speedup_vs_fp32"] == pytest.approx(bf16["images_per_s"] / fp32["images_per_s"], rel=0.01)
+    assert bf16["speedup_vs_fp32"] == pytest.approx(bf16["images_per_s"] / fp32["images_per_s"], abs=5e-4)
     assert 0 < fp32["rec_l1"] < 2 and 0 < bf16["rec_l1"] < 2
 
 
@@ -37,6 +37,10 @@ def _bench(*args):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# The printed ratios are rounded to 3 decimals: compare them at that precision, not relatively
+# (a ratio of 0.05 rounded is 1% off, and on a loaded machine any ratio can be that small).
+
+
 def test_bench_lookup_prints_each_baseline_and_its_ratio():
     result = _bench("lookup", "--shapes", "300,700,8;64,5000,32", "--reps", "1", "--memory-mb", "1")
     assert result["bench"] == "lookup" and result["ours"] == "chunked pytorch" and result["device"]
@@ -44,8 +48,8 @@ def test_bench_lookup_prints_each_baseline_and_its_ratio():
     assert (first["N"], first["K"], first["D"]) == (300, 700, 8)
     for row in result["results"]:
         for name in ("cdist", "expanded"):
-            assert row[f"speedup_vs_{name}"] == pytest.approx(row[name]["ms"] / row["ours"]["ms"], rel=0.01)
-        assert row["ours_time_vs_expanded"] == pytest.approx(row["ours"]["ms"] / row["expanded"]["ms"], rel=0.01)
+            assert row[f"speedup_vs_{name}"] == pytest.approx(row[name]["ms"] / row["ours"]["ms"], abs=5e-4)
+        assert row["ours_time_vs_expanded"] == pytest.approx(row["ours"]["ms"] / row["expanded"]["ms"], abs=5e-4)
     # 1 MiB budget: the 64 x 5000 fp32 block (1.2 MiB, twice for its temporaries) is chunked.
     assert second["ours_within_budget"] is True
 
@@ -55,7 +59,7 @@ def test_bench_gcn_prints_sparse_and_scatter_ratios():
     assert len(result["results"]) == 2  # two widths
     for row in result["results"]:
         assert row["nodes"] == 500 and row["edges"] <= 3500  # duplicates merged, self-loops added
-        assert row["speedup_vs_sparse_mm"] == pytest.approx(row["sparse_mm"]["ms"] / row["ours"]["ms"], rel=0.01)
+        assert row["speedup_vs_sparse_mm"] == pytest.approx(row["sparse_mm"]["ms"] / row["ours"]["ms"], abs=5e-4)
         assert row["speedup_vs_index_add_fwd_bwd"] > 0
 
 

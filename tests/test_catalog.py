@@ -4,6 +4,8 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from conftest import REPO, vqct_cmd
 
 
@@ -59,3 +61,26 @@ def test_compare_resolves_recipes_to_their_best_runs_and_logs_the_plot(tmp_path)
     client = MlflowClient(uri)
     compare_run = client.get_run(result["comparison_run_id"])
     assert compare_run.data.tags["vqct.compared_runs"].split(",") == [r["run_id"] for r in result["runs"]]
+
+
+def test_compare_of_result_files_gives_mean_and_spread_per_recipe(tmp_path):
+    import json
+
+    from vqct.tracking.compare import compare_results, results_table
+
+    rows = [("vqgan_shapes", 0, 20.0, 0.5), ("vqgan_shapes", 1, 22.0, 0.7), ("lgvq_shapes", 0, 21.0, 0.9)]
+    paths = []
+    for recipe, seed, psnr, usage in rows:
+        path = tmp_path / f"{recipe}-seed{seed}.json"
+        path.write_text("progress\n" + json.dumps({"recipe": recipe, "seed": seed, "psnr": psnr,
+                                                   "codebook_usage": usage, "steps": 800}) + "\n")
+        (tmp_path / f"{recipe}-seed{seed}.eval.json").write_text(json.dumps({"masked_word_r1": usage / 2}))
+        paths.append(str(path))
+    result = compare_results(paths)
+    vqgan, lgvq = result["compare"]
+    assert (vqgan["recipe"], vqgan["runs"], vqgan["seeds"]) == ("vqgan_shapes", 2, [0, 1])
+    assert vqgan["psnr"] == {"mean": 21.0, "sd": pytest.approx(2 ** 0.5)}
+    assert vqgan["eval_masked_word_r1"]["mean"] == pytest.approx(0.3)
+    assert lgvq["psnr"] == {"mean": 21.0, "sd": None} and lgvq["runs"] == 1
+    table = results_table(result["runs"])
+    assert "| vqgan_shapes | 2 | 800 ± 0 | 60.0% ± 14.1%" in table and "| lgvq_shapes | 1 | 800 | 90.0%" in table

@@ -43,23 +43,39 @@ def test_masked_word_hits_equal_one_prediction_per_word():
     from vqct.config import LGVQConfig
 
     torch.manual_seed(0)
-    cfg = LGVQConfig(width=16, layers=1, heads=2, text_heads=2, context_length=6, temperature=0.07)
+    cfg = LGVQConfig(layers=1, heads=2, text_heads=2, context_length=6)
     lgvq = LGVQHeads(4, 4, 8, 8, torch.randn(11, 8), cfg).eval()
     ids = torch.tensor([[1, 5, 7, 2, 0, 0], [1, 3, 4, 9, 2, 0]])
     mask = ids != 0
     words = mask & (ids != 1) & (ids != 2)
     text = {"tokens": torch.randn(2, 6, 8), "mask": mask.long(), "ids": ids, "words": words}
-    z_vt = lgvq.visual(torch.randn(2, 4, 2, 2))
-    hits, total = alignment.masked_word_hits(lgvq, z_vt, text)
+    z_vt = lgvq.visual_tokens(torch.randn(2, 4, 2, 2))
+    hits, total = alignment.masked_word_hits(lgvq, z_vt, alignment.single_word_probes(text))
     expected = 0
     with torch.no_grad():
         for b, t in words.nonzero().tolist():
             masked = torch.zeros(1, 6, dtype=torch.bool)
             masked[0, t] = True
-            logits = lgvq.predictor(text["tokens"][b:b + 1], ~mask[b:b + 1], masked, z_vt[b:b + 1],
-                                    lgvq.vocab_embeddings, lgvq.vocab_bias)
+            logits = lgvq.predict_masked(text["tokens"][b:b + 1], ~mask[b:b + 1], masked, z_vt[b:b + 1])
             expected += int(logits[0].argmax() == ids[b, t])
     assert total == 5 and hits == expected
+
+
+def test_a_masked_word_leaves_no_trace_in_the_features_the_probe_reads():
+    """MiniLM attends both ways: encoded whole, every token carries every word. The probe encodes
+    each caption with its word replaced, so two captions that differ only there look the same."""
+    from vqct.text.encoders import TextEncoder
+
+    encoder = TextEncoder("all-MiniLM-L6-v2", 16)
+    text = encoder.encode(["a red circle", "a blue circle"])
+    assert not torch.allclose(text["tokens"][0, 3], text["tokens"][1, 3], atol=1e-3)  # 'circle' carries the colour
+    words = torch.zeros_like(text["words"])
+    words[:, 2] = True  # the colour, the only word probed
+    probes = alignment.single_word_probes({**text, "words": words}, encoder)
+    assert probes["targets"].tolist() == text["ids"][:, 2].tolist()
+    torch.testing.assert_close(probes["tokens"][0], probes["tokens"][1])
+    leaky = alignment.single_word_probes({**text, "words": words})
+    assert not torch.allclose(leaky["tokens"][0], leaky["tokens"][1], atol=1e-3)
 
 
 def test_similarity_mse_zero_for_the_same_geometry_and_known_otherwise():

@@ -1,4 +1,5 @@
-"""LG-VQ's losses against hand-computed references, and what trains."""
+"""LG-VQ's losses and modules as its official code has them (docs/methods.md cites each line),
+against small hand-computed references, and what trains."""
 
 import math
 
@@ -6,54 +7,133 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vqct.align.lgvq import LGVQHeads, choose_masked, gsa_loss, mask_ratio, ras_loss
+from vqct.align.lgvq import (LGVQHeads, MaskedTextPredictor, VisualTokenEncoder, choose_masked, gsa_loss,
+                             mask_ratio, mtp_loss, quick_gelu, ras_loss)
 from vqct.config import LGVQConfig
 
-CFG = LGVQConfig(width=16, layers=1, heads=1, text_heads=2, context_length=12, temperature=0.5)
+CFG = LGVQConfig(layers=1, heads=1, text_heads=1, context_length=12)
 
 
-def test_mask_ratio_is_clipped_to_lgvq_range():
+def test_the_defaults_are_the_official_settings():
+    cfg = LGVQConfig()
+    assert (cfg.temperature, cfg.layers, cfg.heads, cfg.text_layers, cfg.text_heads, cfg.text_dropout,
+            cfg.context_length) == (1.0, 2, 1, 2, 1, 0.1, 30)
+    assert (cfg.gsa_weight, cfg.mtp_weight, cfg.ras_weight) == (1e-3, 1e-2, 1e-4)  # CelebA-HQ / TextCaps
+
+
+def test_mask_ratio_is_the_truncated_normal_of_the_official_tokenizer():
+    """N(0.5, 0.1) truncated to [0.1, 0.3]: mean 0.2629 (scipy's truncnorm,
+    worked out by hand: mean = mu - sigma (phi(b) - phi(a)) / (Phi(b) - Phi(a)), a=-4, b=-2)."""
     g = torch.Generator().manual_seed(0)
-    ratios = [mask_ratio(g) for _ in range(200)]
-    assert min(ratios) >= 0.1 and max(ratios) <= 0.3 + 1e-6
-    assert sum(abs(r - 0.3) < 1e-6 for r in ratios) > 150  # N(0.5, 0.1) lies mostly above 0.3
+    ratios = torch.tensor([mask_ratio(g) for _ in range(4000)])
+    assert ratios.min() >= 0.1 and ratios.max() <= 0.3
+    phi = lambda x: math.exp(-x * x / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    big_phi = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))  # noqa: E731
+    mean = 0.5 - 0.1 * (phi(-2) - phi(-4)) / (big_phi(-2) - big_phi(-4))
+    assert mean == pytest.approx(0.2629, abs=1e-4)
+    assert float(ratios.mean()) == pytest.approx(mean, abs=0.002)  # sd 0.033: 4000 draws within 4 sd
+    assert float((ratios >= 0.2999).float().mean()) < 0.02  # not a clamp piling up at 0.3
 
 
-def test_masking_never_touches_special_or_padding_tokens():
-    words = torch.tensor([[False, True, True, True, False, False], [False, True, False, False, False, False]])
-    for seed in range(20):
-        chosen = choose_masked(words, 0.3, torch.Generator().manual_seed(seed))
-        assert not (chosen & ~words).any() and chosen.any()
+def test_masking_is_independent_per_token_and_never_touches_special_or_padding_tokens():
+    words = torch.zeros(400, 8, dtype=torch.bool)
+    words[:, 1:6] = True
+    chosen = choose_masked(words, 0.25, torch.Generator().manual_seed(0))
+    assert not (chosen & ~words).any()
+    assert float(chosen[:, 1:6].float().mean()) == pytest.approx(0.25, abs=0.03)
+    per_caption = chosen.sum(1)
+    assert (per_caption == 0).any() and (per_caption >= 3).any()  # a count that varies, zero included
 
 
-def test_gsa_is_image_to_text_infonce():
-    cls = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    sentence = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
-    t = 0.5
-    expected = -math.log(math.exp(1 / t) / (math.exp(1 / t) + math.exp(0)))
-    assert gsa_loss(cls, sentence, t).item() == pytest.approx(expected, rel=1e-5)
+def test_gsa_is_image_to_text_infonce_on_cosines_with_temperature_one():
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    sentence = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    c = 1 / math.sqrt(2)  # cos(image 0, sentence 1) = cos(image 1, sentence 1)
+    expected = 0.5 * (-math.log(math.e / (math.e + math.exp(c))) - math.log(math.exp(c) / (1 + math.exp(c))))
+    assert gsa_loss(image, sentence).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_ras_matches_a_loop_reference():
+def test_mtp_averages_label_smoothed_cross_entropy_over_masked_tokens_and_is_zero_without_any():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    targets = torch.tensor([0, 2])
+    logp = F.log_softmax(logits, -1)
+    expected = sum(0.9 * -logp[i, targets[i]] - 0.1 * logp[i].mean() for i in range(2)) / 2
+    assert mtp_loss(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert mtp_loss(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)).item() == 0.0
+
+
+def test_ras_matches_the_official_loop_over_all_entries_start_and_end_included():
     torch.manual_seed(0)
     codes, zvt, words = torch.randn(2, 5, 4), torch.randn(2, 5, 4), torch.randn(2, 3, 4)
-    mask = torch.tensor([[True, True, False], [True, True, True]])
-    total, count = 0.0, 0
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    length = 6  # captions padded to the context length, as the official tokenizer does
+    total = 0.0
     for b in range(2):
-        idx = [int((F.normalize(words[b, i], dim=0) @ F.normalize(zvt[b], dim=1).t()).argmax()) for i in range(3)]
+        sims = [F.normalize(words[b, i], dim=0) @ F.normalize(zvt[b], dim=1).t() for i in range(3)]
+        picked = [codes[b, int(s.argmax())] * s.max() for s in sims]
         for i in range(3):
             for j in range(3):
-                if mask[b, i] and mask[b, j]:
-                    gz = F.normalize(codes[b, idx[i]], dim=0) @ F.normalize(codes[b, idx[j]], dim=0)
+                if valid[b, i] and valid[b, j]:
+                    gz = F.normalize(picked[i], dim=0) @ F.normalize(picked[j], dim=0)
                     gw = F.normalize(words[b, i], dim=0) @ F.normalize(words[b, j], dim=0)
                     total += float((gz - gw) ** 2)
-                    count += 1
-    assert ras_loss(codes, zvt, words, mask).item() == pytest.approx(total / count, rel=1e-5)
+    assert ras_loss(codes, zvt, words, valid, length).item() == pytest.approx(total / (2 * length * length), rel=1e-5)
 
 
-def _heads():
+def test_ras_keeps_the_sign_of_the_matched_similarity():
+    """A code matched with a negative similarity enters the Gram matrix negated."""
+    zvt = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    codes = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    words = torch.tensor([[[1.0, 0.0], [-1.0, -0.01]]])  # word 1 is closest to position 1, but negative
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    # picked: code 0 (+), code 1 (-) -> gram_z off-diagonal 0; gram_w off-diagonal ~ -1.
+    cos_w = float(F.normalize(words[0, 0], dim=0) @ F.normalize(words[0, 1], dim=0))
+    assert ras_loss(codes, zvt, words, valid).item() == pytest.approx(2 * cos_w ** 2 / 4, rel=1e-5)
+
+
+def test_the_visual_token_encoder_feeds_the_codes_straight_in_like_clip():
     torch.manual_seed(0)
-    return LGVQHeads(code_channels=8, num_tokens=4, text_width=12, sentence_width=10,
+    f_vt = VisualTokenEncoder(width=8, num_tokens=4, layers=2, heads=1, text_width=6)
+    names = dict(f_vt.named_parameters())
+    assert not any("proj_in" in n for n in names) and names["proj"].shape == (8, 6)  # no input layer, no bias
+    assert "ln_pre.weight" in names and "ln_post.weight" in names
+    for p in (f_vt.cls, f_vt.pos, f_vt.proj):  # N(0, 0.01)
+        assert float(p.std()) == pytest.approx(0.01, rel=0.6)
+    block = f_vt.blocks.layers[0]
+    assert block.norm_first and block.activation is quick_gelu and block.linear1.out_features == 32
+    codes = torch.randn(3, 8, 2, 2)
+    out = f_vt(codes)
+    # Position 1 + k reads the code at k: CLS, then the map's vectors in row-major order.
+    x = torch.cat([f_vt.cls.expand(3, 1, 8), codes.flatten(2).transpose(1, 2)], 1) + f_vt.pos
+    torch.testing.assert_close(out, f_vt.ln_post(f_vt.blocks(f_vt.ln_pre(x))) @ f_vt.proj)
+    assert float(quick_gelu(torch.tensor(1.0))) == pytest.approx(1 / (1 + math.exp(-1.702)))
+
+
+def test_the_masked_text_decoder_is_post_norm_one_head_with_a_feed_forward_as_wide_as_the_text():
+    torch.manual_seed(0)
+    predictor = MaskedTextPredictor(text_width=12, context_length=6, heads=1, layers=2, dropout=0.1)
+    layer = predictor.layers[0]
+    assert len(predictor.layers) == 2 and layer.self_attn.num_heads == 1
+    assert [m.out_features for m in layer.ffn if isinstance(m, torch.nn.Linear)] == [12, 12]
+    assert isinstance(layer.ffn[1], torch.nn.ReLU) and layer.ffn[2].p == 0.1
+    assert all(n.eps == 1e-12 for n in layer.norms)
+    assert float(predictor.mask_tokens.std()) == pytest.approx(0.01, rel=0.5)
+    # No positions added: the same tokens in another order give the same outputs, reordered.
+    predictor.eval()
+    tokens, z_vt = torch.randn(1, 4, 12), torch.randn(1, 5, 12)
+    pad, masked = torch.zeros(1, 4, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool)
+    masked[0, 0] = False
+    vocab, bias = torch.randn(7, 12), torch.zeros(7)
+    order = torch.tensor([0, 3, 1, 2])
+    predictor.mask_tokens.data[:4] = predictor.mask_tokens.data[0]  # one mask token everywhere
+    a = predictor(tokens, pad, masked, z_vt, vocab, bias)
+    b = predictor(tokens[:, order], pad, masked[:, order], z_vt, vocab, bias)
+    torch.testing.assert_close(a[order[1:] - 1], b)
+
+
+def _heads(sentence_width=12):
+    torch.manual_seed(0)
+    return LGVQHeads(code_channels=8, num_tokens=4, text_width=12, sentence_width=sentence_width,
                      token_embeddings=torch.randn(50, 12), cfg=CFG)
 
 
@@ -63,11 +143,19 @@ def _text(batch=3, length=6):
     words = torch.ones(batch, length, dtype=torch.bool)
     words[:, 0] = words[:, -1] = False  # start / end tokens
     return {"tokens": torch.randn(batch, length, 12), "mask": mask, "ids": ids,
-            "sentence": torch.randn(batch, 10), "words": words}
+            "sentence": torch.randn(batch, 12), "words": words}
+
+
+def test_gsa_compares_the_cls_output_itself_when_the_spaces_agree():
+    heads = _heads()
+    assert isinstance(heads.to_sentence, torch.nn.Identity)
+    assert isinstance(_heads(sentence_width=10).to_sentence, torch.nn.Linear)
+    z_vt = heads.visual_tokens(torch.randn(2, 8, 2, 2))
+    torch.testing.assert_close(heads.global_embedding(z_vt), z_vt[:, 0])
 
 
 def test_mtp_loss_only_counts_masked_tokens():
-    heads, text = _heads(), _text()
+    heads, text = _heads().eval(), _text()
     masked = torch.zeros(3, 6, dtype=torch.bool)
     masked[0, 2] = True
     codes = torch.randn(3, 8, 2, 2)
@@ -78,11 +166,25 @@ def test_mtp_loss_only_counts_masked_tokens():
     assert heads(codes, text, masked)["mtp"].item() != pytest.approx(base.item())
 
 
-def test_gradients_reach_codes_and_heads_not_the_frozen_vocabulary():
+def test_the_decoder_reads_the_masked_captions_features_when_given():
+    heads, text = _heads().eval(), _text()
+    masked = torch.zeros(3, 6, dtype=torch.bool)
+    masked[:, 2] = True
+    codes = torch.randn(3, 8, 2, 2)
+    official = heads(codes, text, masked)
+    text["masked_tokens"] = torch.randn(3, 6, 12)
+    leak_free = heads(codes, text, masked)
+    assert leak_free["mtp"] != official["mtp"]
+    assert leak_free["gsa"] == official["gsa"] and leak_free["ras"] == official["ras"]  # these use the caption
+
+
+def test_gradients_reach_the_map_and_heads_not_the_frozen_vocabulary():
     heads, text = _heads(), _text()
     codes = torch.randn(3, 8, 2, 2, requires_grad=True)
-    losses = heads(codes, text, choose_masked(text["words"], 0.3))
+    masked = choose_masked(text["words"], 0.3, torch.Generator().manual_seed(1))
+    losses = heads(codes, text, masked)
     sum(losses.values()).backward()
-    assert codes.grad is not None and codes.grad.abs().sum() > 0  # into the quantizer and encoder
+    assert codes.grad is not None and codes.grad.abs().sum() > 0  # into the quantizer's input and encoder
     assert "vocab_embeddings" not in dict(heads.named_parameters())  # the frozen matrix is a buffer
-    assert heads.visual.proj_in.weight.grad is not None and heads.vocab_bias.grad is not None
+    assert heads.visual.proj.grad is not None and heads.vocab_bias.grad is not None
+    assert heads.code_proj.linear.weight.grad.abs().sum() > 0

@@ -105,3 +105,54 @@ def test_deepspeed_config_follows_the_recipe():
     assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] is True
     assert ds["gradient_accumulation_steps"] == 4 and ds["gradient_clipping"] == 1.0
     assert ds["train_micro_batch_size_per_gpu"] == cfg.data.batch_size
+
+
+def test_heads_do_not_change_the_vqgan_a_seed_builds():
+    """vqgan_shapes and lgvq_shapes with one seed start from the same encoder, quantizer, decoder
+    and discriminator: a comparison measures the method, not a different initialisation."""
+    from vqct.models.discriminator import PatchDiscriminator
+    from vqct.text.encoders import TextEncoder
+
+    def build(recipe):
+        cfg = load_recipe(recipe, ["seed=5"])
+        torch.manual_seed(cfg.seed)
+        text = TextEncoder(cfg.text.model, cfg.align.context_length) if cfg.align.enabled else None
+        model = build_tokenizer(cfg, None, text)
+        disc = PatchDiscriminator(cfg.model.in_channels, cfg.loss.disc_channels, cfg.loss.disc_layers)
+        return model, disc, torch.rand(3)  # what the global stream gives next
+
+    plain, plain_disc, plain_next = build("vqgan_shapes")
+    lgvq, lgvq_disc, lgvq_next = build("lgvq_shapes")
+    assert plain.align is None and lgvq.align is not None
+    heads = {k for k in lgvq.state_dict() if k.startswith("align.")}
+    assert {k: v for k, v in lgvq.state_dict().items() if k not in heads}.keys() == plain.state_dict().keys()
+    for name, value in plain.state_dict().items():
+        assert torch.equal(value, lgvq.state_dict()[name]), name
+    for name, value in plain_disc.state_dict().items():
+        assert torch.equal(value, lgvq_disc.state_dict()[name]), name
+    assert torch.equal(plain_next, lgvq_next)
+
+
+def test_the_heads_draw_dropout_from_their_own_stream():
+    """A forward pass through the heads (dropout on) leaves the global random stream where it was."""
+    from vqct.text.encoders import TextEncoder
+
+    cfg = load_recipe("lgvq_shapes")
+    text_encoder = TextEncoder(cfg.text.model, cfg.align.context_length)
+    model = build_tokenizer(cfg, None, text_encoder).train()
+    text = text_encoder.encode(["a red circle", "two blue squares"])
+    masked = text["words"].clone()
+    torch.manual_seed(0)
+    model(torch.randn(2, 3, 32, 32), text, masked)
+    after_heads = torch.rand(3)
+    torch.manual_seed(0)
+    model.align, heads = None, model.align
+    model(torch.randn(2, 3, 32, 32))
+    assert torch.equal(torch.rand(3), after_heads)
+    model.align = heads
+    images = torch.randn(2, 3, 32, 32)
+    first = model(images, text, masked).align_losses["mtp"]
+    second = model(images, text, masked).align_losses["mtp"]
+    assert first != second  # the same input: only the heads' own stream moved on (dropout)
+    model.eval()
+    assert model(images, text, masked).align_losses["mtp"] == model(images, text, masked).align_losses["mtp"]

@@ -50,12 +50,31 @@ def test_straight_through_gradient_is_identity_and_codebook_gets_gradient():
     assert vq.codebook.grad is not None and vq.codebook.grad.abs().sum() > 0
 
 
-def test_legacy_beta_moves_beta_to_codebook_term():
-    vq = VectorQuantizer(codebook_size=1, dim=1, beta=0.25, legacy_beta=True)
+@pytest.mark.parametrize("legacy,encoder_grad,code_grad", [
+    (True, 4.0, -1.0),  # taming's legacy form (the default): encoder 2(z - e) = 4, code 0.25 * 2(e - z) = -1
+    (False, 1.0, -4.0),  # the VQ-VAE paper's form: encoder 0.25 * 2(z - e) = 1, code 2(e - z) = -4
+])
+def test_beta_weighs_the_term_of_the_chosen_form(legacy, encoder_grad, code_grad):
+    vq = VectorQuantizer(codebook_size=1, dim=1, beta=0.25, legacy_beta=legacy)
     with torch.no_grad():
         vq.codebook.fill_(0.0)
-    _, loss, _ = vq(torch.full((1, 1, 1, 1), 2.0))
-    assert loss.item() == pytest.approx(4.0 * 0.25 + 4.0)
+    z = torch.full((1, 1, 1, 1), 2.0, requires_grad=True)
+    _, loss, _ = vq(z)
+    loss.backward()
+    assert (z.grad.item(), vq.codebook.grad.item()) == (pytest.approx(encoder_grad), pytest.approx(code_grad))
+
+
+def test_the_legacy_form_is_the_default_everywhere():
+    """taming, VQCT and LG-VQ train with it (docs/methods.md cites their lines)."""
+    from vqct.config import load_recipe
+    from vqct.config.schema import QuantizerConfig
+
+    assert VectorQuantizer(4, 2).legacy_beta and QuantizerConfig().legacy_beta
+    for recipe in ("vqgan_shapes", "vqct_shapes", "lgvq_shapes"):
+        assert load_recipe(recipe).quantizer.legacy_beta, recipe
+    for recipe in ("vqct_cub", "vqct_coco", "vqct_vlt_laion"):
+        cfg = load_recipe(recipe, ["data.train_shards=x", "data.val_shards=y"])
+        assert cfg.quantizer.legacy_beta and cfg.quantizer.beta == 0.25, recipe
 
 
 def test_perplexity_hand_computed():

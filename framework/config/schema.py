@@ -76,7 +76,9 @@ class QuantizerConfig:
     """What every quantizer reads; the subclasses add their own keys."""
     name: str = "vq"
     beta: float = 0.25  # commitment weight
-    legacy_beta: bool = False  # True: beta on the codebook term (taming's legacy form)
+    # True: beta on the codebook term, the encoder's commitment at weight 1 (taming's legacy form,
+    # which taming, VQCT and LG-VQ train with); False: the VQ-VAE paper's form.
+    legacy_beta: bool = True
     usage_window: int = 50  # steps in the sliding window for codebook usage
     lookup_memory_mb: int = 256  # distance-block budget of the chunked CPU lookup
 
@@ -131,16 +133,33 @@ class TextConfig:
 
 @dataclass
 class LGVQConfig:
+    """LG-VQ's heads; defaults are the official code's (docs/methods.md, table of details)."""
     enabled: bool = False
     gsa_weight: float = 1.0e-3  # global semantic alignment (InfoNCE), LG-VQ's alpha
     mtp_weight: float = 1.0e-2  # masked text prediction, LG-VQ's beta
     ras_weight: float = 1.0e-4  # relationship alignment, LG-VQ's gamma
-    temperature: float = 0.07
-    width: int = 256  # visual-token encoder (LG-VQ: width 256, 2 layers, 1 head)
+    temperature: float = 1.0  # L_gsa's logits are cosines divided by this (official: none, 1)
+    # Visual-token encoder f_vt: its width is the quantized map's channels (no input layer).
     layers: int = 2
     heads: int = 1
-    text_heads: int = 8  # heads of the 2 masked-text decoder layers (ours)
+    # Masked-text decoder f_m: post-norm layers in the text model's width.
+    text_layers: int = 2
+    text_heads: int = 1
+    text_dropout: float = 0.1
     context_length: int = 30  # caption tokens
+    # True: the text model encodes the caption with the masked words replaced, so that no
+    # feature carries them. False: the official construction (the whole caption encoded,
+    # masked positions' features swapped afterwards), which leaks the masked words into
+    # later tokens through CLIP's causal attention and into every token with a
+    # bidirectional model such as MiniLM.
+    encode_masked_caption: bool = True
+
+    def check(self) -> None:
+        require_positive("align.lgvq", temperature=self.temperature, layers=self.layers, heads=self.heads,
+                         text_layers=self.text_layers, text_heads=self.text_heads,
+                         context_length=self.context_length)
+        if not 0 <= self.text_dropout < 1:
+            raise UserError(f"config: align.lgvq.text_dropout={self.text_dropout} must be in [0, 1)")
 
 
 @dataclass
@@ -273,7 +292,8 @@ class Config:
 
     def check(self) -> None:
         """Every section's own checks, then the ones that span sections."""
-        for section in (self.data, self.model, self.quantizer, self.loss, self.optim, self.trainer):
+        for section in (self.data, self.model, self.quantizer, self.align.lgvq, self.loss, self.optim,
+                        self.trainer):
             section.check()
         factor = self.model.downsampling
         if self.data.image_size % factor:

@@ -23,6 +23,10 @@ RENAMED = {
     "align.lgvq.beta": "align.lgvq.mtp_weight",
     "align.lgvq.gamma": "align.lgvq.ras_weight",
 }
+# Keys removed: old key -> why. Recipes using one are refused; stored configs drop it.
+REMOVED = {
+    "align.lgvq.width": "f_vt's width is the quantized map's channels, as in LG-VQ's code (model.embed_dim)",
+}
 
 
 SECTION_TYPES = section_types()
@@ -51,6 +55,10 @@ def _pop_path(raw: dict, dotted: str) -> tuple[bool, Any]:
 
 def _renamed(raw: dict, stored: bool) -> dict:
     """Recipes using an old key are refused with the new one named; stored configs are moved over."""
+    for old, why in REMOVED.items():
+        found, _ = _pop_path(raw, old)
+        if found and not stored:
+            raise ConfigError(f"config: {old} was removed ({why}): drop it")
     for old, new in RENAMED.items():
         found, value = _pop_path(raw, old)
         if not found:

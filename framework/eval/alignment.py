@@ -3,8 +3,10 @@
 - Image-to-text retrieval: each image's global embedding ranks all distinct held-out
   captions; recall@k counts the true caption in the top k (ties count against the image).
 - Masked-word recall@1 (LG-VQ's masked text prediction as a probe): each caption word
-  token is hidden alone and predicted from the image's visual tokens and the rest of the
-  caption; recall is the share predicted exactly.
+  token is hidden alone (replaced before the text model encodes the caption, so no feature
+  carries it) and predicted from the image's visual tokens and the rest of the caption;
+  recall is the share predicted exactly. The same with another image's visual tokens is
+  the control: what the caption's context alone predicts.
 - Code-word similarity MSE: how far the images' code similarities are from their captions'
   word similarities. Any model has it: the mean quantized vector of each image and the mean
   word embedding of its caption are centred over the set and L2-normalised, and the MSE is
@@ -39,16 +41,29 @@ def single_word_masks(words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def masked_word_hits(lgvq, z_vt: torch.Tensor, text: dict) -> tuple[int, int]:
-    """(correct, total) single-word predictions of LG-VQ's predictor given visual tokens Z_VT."""
+def single_word_probes(text: dict, text_encoder=None) -> dict:
+    """One row per caption word token, that word masked: {'sample', 'masks', 'tokens', 'pad',
+    'targets'}. With TEXT_ENCODER the row's caption is encoded with the word replaced (the
+    mask token), so that no token feature carries it; without, the features of the whole
+    caption (the official construction, which leaks the word into its context)."""
+    from vqct.align.lgvq import masked_caption_tokens
+
     sample, masks = single_word_masks(text["words"] & text["mask"].bool())
+    rows = {"ids": text["ids"][sample], "mask": text["mask"][sample]}
+    tokens = text["tokens"][sample] if text_encoder is None else masked_caption_tokens(text_encoder, rows, masks)
+    return {"sample": sample, "masks": masks, "tokens": tokens, "pad": ~rows["mask"].bool(),
+            "targets": rows["ids"][masks]}
+
+
+@torch.no_grad()
+def masked_word_hits(lgvq, z_vt: torch.Tensor, probes: dict) -> tuple[int, int]:
+    """(correct, total) single-word predictions of LG-VQ's predictor from visual tokens Z_VT
+    (one row per image of the batch) and PROBES (single_word_probes)."""
+    sample = probes["sample"]
     if len(sample) == 0:
         return 0, 0
-    tokens = text["tokens"][sample].to(z_vt.dtype)
-    pad = ~text["mask"][sample].bool()
-    logits = lgvq.predict_masked(tokens, pad, masks, z_vt[sample])
-    predicted = logits.argmax(-1)
-    return int((predicted == text["ids"][sample][masks]).sum()), len(sample)
+    logits = lgvq.predict_masked(probes["tokens"].to(z_vt.dtype), probes["pad"], probes["masks"], z_vt[sample])
+    return int((logits.argmax(-1) == probes["targets"]).sum()), len(sample)
 
 
 def mean_word_embedding(tokens: torch.Tensor, words: torch.Tensor) -> torch.Tensor:

@@ -122,11 +122,12 @@ class Evaluator:
         lgvq, got = self.lgvq, self.got
         z_vt = lgvq.visual_tokens(zq)
         got.global_emb.setdefault("lgvq", []).append(lgvq.global_embedding(z_vt).float().cpu())
-        hits, total = alignment.masked_word_hits(lgvq, z_vt, text)
+        probes = alignment.single_word_probes(text, self.text)
+        hits, total = alignment.masked_word_hits(lgvq, z_vt, probes)
         # Control: another image's visual tokens. The caption's own context alone gets this far.
-        shuffled, _ = alignment.masked_word_hits(lgvq, z_vt.roll(1, 0), text)
+        shuffled, _ = alignment.masked_word_hits(lgvq, z_vt.roll(1, 0), probes)
         got.masked_hits = [got.masked_hits[0] + hits, got.masked_hits[1] + shuffled, got.masked_hits[2] + total]
-        got.ras_sum += float(lgvq.relationship_loss(zq, z_vt, text["tokens"], words)) * zq.shape[0]
+        got.ras_sum += float(lgvq.relationship_loss(zq, z_vt, text["tokens"], text["mask"].bool())) * zq.shape[0]
 
     def results(self) -> dict:
         got, n = self.got, len(self.got.captions)

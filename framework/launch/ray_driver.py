@@ -163,4 +163,4 @@ def _fit(spec: WorkerSpec, storage: Path, previous: dict | None, missing_shards:
     version = register_run(uri, run_id, cfg, checkpoint)
     summary = RunSummary.from_json(result.metrics or {})
     return dataclasses.replace(summary, run_id=run_id, run_name=run_name, recipe=cfg.recipe, family=cfg.family,
-                               checkpoint=checkpoint, model_version=version, tracking_uri=uri)
+                               seed=cfg.seed, checkpoint=checkpoint, model_version=version, tracking_uri=uri)

@@ -53,7 +53,7 @@ class TransferNetwork(nn.Module):
 class TransferQuantizer(ReportsUsage, nn.Module):
     def __init__(self, adjective_embeddings: torch.Tensor, noun_embeddings: torch.Tensor,
                  edge_index: torch.Tensor, edge_weight: torch.Tensor, code_dim: int, hidden: int,
-                 dropout: float = 0.5, topk: int = 2, beta: float = 0.25, legacy_beta: bool = False,
+                 dropout: float = 0.5, topk: int = 2, beta: float = 0.25, legacy_beta: bool = True,
                  lookup_memory_mb: float = 256.0):
         super().__init__()
         self.num_adj, self.num_noun = adjective_embeddings.shape[0], noun_embeddings.shape[0]
@@ -81,8 +81,9 @@ class TransferQuantizer(ReportsUsage, nn.Module):
         """(adjectives + nouns, code_dim): the transfer network's output."""
         return self.transfer(self.word_embeddings, self.adjacency())
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """z (B, 2C, H, W) -> (z_q, loss, indices (B, H, W, topk + 1): adjectives then noun)."""
+    def forward(self, z: torch.Tensor, with_codes: bool = False):
+        """z (B, 2C, H, W) -> (z_q, loss, indices (B, H, W, topk + 1): adjectives then noun), and
+        with WITH_CODES the code vectors (B, 2C, H, W), whose gradient reaches the GCN."""
         b, c, h, w = z.shape
         codes = self.codebook()
         adj_codes, noun_codes = codes[: self.num_adj], codes[self.num_adj:]
@@ -96,6 +97,8 @@ class TransferQuantizer(ReportsUsage, nn.Module):
         zq = torch.cat([za + (qa - za).detach(), zn + (qn - zn).detach()], dim=1)
         zq = zq.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
         indices = torch.cat([adj_idx, noun_idx.unsqueeze(1)], dim=1).reshape(b, h, w, self.topk + 1)
+        if with_codes:
+            return zq, loss, indices, torch.cat([qa, qn], dim=1).reshape(b, h, w, c).permute(0, 3, 1, 2)
         return zq, loss, indices
 
     def code_counts(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:

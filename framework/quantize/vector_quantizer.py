@@ -1,8 +1,9 @@
 """The VQ-VAE / VQGAN vector quantizer: nearest code, straight-through gradient.
 
-loss = ||sg[z] - z_q||^2 + beta * ||z - sg[z_q]||^2  (codebook + beta x commitment, the
-VQ-VAE paper's form). `legacy_beta=True` puts beta on the codebook term instead, as
-taming-transformers' legacy default does; docs/methods.md records the choice.
+legacy_beta=True (the default, quantizer.legacy_beta): loss = beta * ||sg[z] - z_q||^2 +
+||z - sg[z_q]||^2, taming's legacy form that taming, VQCT and LG-VQ train with (the encoder's
+commitment 4x the codebook pull at beta 0.25). False: the VQ-VAE paper's form,
+||sg[z] - z_q||^2 + beta * ||z - sg[z_q]||^2. docs/methods.md cites the official lines.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from vqct.kernels import nearest_code
 from vqct.quantize.usage import ReportsUsage
 
 
-def vq_loss(zq: torch.Tensor, z: torch.Tensor, beta: float, legacy_beta: bool = False) -> torch.Tensor:
+def vq_loss(zq: torch.Tensor, z: torch.Tensor, beta: float, legacy_beta: bool = True) -> torch.Tensor:
     """Codebook term ||sg[z] - z_q||^2 plus commitment ||z - sg[z_q]||^2, beta on one of them."""
     codebook_term = F.mse_loss(zq.float(), z.detach().float())
     commit_term = F.mse_loss(z.float(), zq.detach().float())
@@ -26,7 +27,7 @@ def vq_loss(zq: torch.Tensor, z: torch.Tensor, beta: float, legacy_beta: bool = 
 
 class VectorQuantizer(ReportsUsage, nn.Module):
     def __init__(self, codebook_size: int, dim: int, beta: float = 0.25,
-                 legacy_beta: bool = False, lookup_memory_mb: float = 256.0):
+                 legacy_beta: bool = True, lookup_memory_mb: float = 256.0):
         super().__init__()
         self.codebook_size = codebook_size
         self.dim = dim
@@ -38,15 +39,18 @@ class VectorQuantizer(ReportsUsage, nn.Module):
         # gathered for its forward, a child's only for the child's forward.
         self.codebook = nn.Parameter(torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size))
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """z (B, D, H, W) -> (z_q with straight-through gradient, loss, indices (B, H, W))."""
+    def forward(self, z: torch.Tensor, with_codes: bool = False):
+        """z (B, D, H, W) -> (z_q with straight-through gradient, loss, indices (B, H, W)), and with
+        WITH_CODES the chosen code vectors (B, D, H, W), whose gradient reaches the codebook."""
         b, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)
         idx, _ = nearest_code(flat.detach(), self.codebook.detach(), self.lookup_memory_mb)
-        zq = F.embedding(idx, self.codebook).to(flat.dtype)
-        loss = vq_loss(zq, flat, self.beta, self.legacy_beta)
-        zq = flat + (zq - flat).detach()  # straight-through: d z_q / d z = identity
+        codes = F.embedding(idx, self.codebook).to(flat.dtype)
+        loss = vq_loss(codes, flat, self.beta, self.legacy_beta)
+        zq = flat + (codes - flat).detach()  # straight-through: d z_q / d z = identity
         zq = zq.reshape(b, h, w, d).permute(0, 3, 1, 2).contiguous()
+        if with_codes:
+            return zq, loss, idx.reshape(b, h, w), codes.reshape(b, h, w, d).permute(0, 3, 1, 2)
         return zq, loss, idx.reshape(b, h, w)
 
     @property

@@ -92,18 +92,20 @@ class TextEncoder(torch.nn.Module):
         """{'tokens': (B, T, H) hidden states, 'mask': (B, T), 'ids': (B, T), 'sentence': (B, D),
         'words': (B, T) bool, True on real word pieces (not padding or special tokens)}."""
         batch = self.tokenize(texts)
-        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-        out = self.model(**inputs)
-        mask = batch["attention_mask"]
+        return self.encode_ids(batch["input_ids"], batch["attention_mask"])
+
+    @torch.no_grad()
+    def encode_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """encode() of captions already tokenized (IDS, attention MASK): e.g. with words masked."""
+        out = self.model(input_ids=ids, attention_mask=mask)
         if self.is_clip:
             sentence = out.text_embeds
         else:
             weights = mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
             sentence = (out.last_hidden_state * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
         special = torch.tensor(self.tokenizer.all_special_ids, device=mask.device)
-        words = mask.bool() & ~torch.isin(batch["input_ids"], special)
-        return {"tokens": out.last_hidden_state, "mask": mask, "ids": batch["input_ids"], "sentence": sentence,
-                "words": words}
+        words = mask.bool() & ~torch.isin(ids, special)
+        return {"tokens": out.last_hidden_state, "mask": mask, "ids": ids, "sentence": sentence, "words": words}
 
     @torch.no_grad()
     def embed_sentences(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:

@@ -48,9 +48,9 @@ class VQTokenizer(nn.Module):
 
     def forward(self, images: torch.Tensor, text: dict | None = None,
                 masked: torch.Tensor | None = None) -> TokenizerOutput:
-        zq, quant_loss, indices = self.encode(images)
+        zq, quant_loss, indices, codes = self.quantizer(self.quant_conv(self.encoder(images)), with_codes=True)
         last_input = self.decoder.features(self.post_quant_conv(zq))
-        align_losses = self.align(zq, text, masked) if self.align is not None and text is not None else {}
+        align_losses = self.align(zq, text, masked, codes) if self.align is not None and text is not None else {}
         return TokenizerOutput(self.decoder.conv_out(last_input), quant_loss, indices, last_input, align_losses)
 
     @torch.no_grad()
@@ -78,7 +78,16 @@ def build_quantizer(q: QuantizerConfig, dim: int, priors: dict | None = None) ->
     raise ValueError(f"quantizer.name='{q.name}' is not known (known: vq, vqct)")
 
 
+# The alignment heads are built from a seed of their own: the VQGAN's weights (and the
+# discriminator's, built next) depend on the seed alone, not on which heads a recipe adds.
+HEADS_SEED_OFFSET = 1_000_003
+
+
 def build_tokenizer(cfg: Config, priors: dict | None = None, text_encoder=None) -> VQTokenizer:
     quantizer = build_quantizer(cfg.quantizer, cfg.model.embed_dim, priors)
-    align = build_align(cfg.align, cfg.token_grid, quantizer.channels, text_encoder)
-    return VQTokenizer(cfg.model, quantizer, cfg.data.image_size, align)
+    model = VQTokenizer(cfg.model, quantizer, cfg.data.image_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + HEADS_SEED_OFFSET)
+        model.align = build_align(cfg.align, cfg.token_grid, quantizer.channels, text_encoder,
+                                  seed=cfg.seed + HEADS_SEED_OFFSET)
+    return model

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -102,7 +103,7 @@ def compare_runs(targets: list[str], uri: str | None, metric: str, out: str | No
 # ---- final JSON lines of training runs (make compare) -------------------------------------
 RESULT_COLUMNS = [
     ("recipe", "recipe", "{}"),
-    ("steps", "steps", "{}"),
+    ("steps", "steps", "{:.0f}"),
     ("codebook_usage", "usage (train)", "{:.1%}"),
     ("eval_codebook_usage", "usage (held-out)", "{:.1%}"),
     ("psnr", "val PSNR (dB)", "{:.2f}"),
@@ -131,13 +132,39 @@ def load_result(path: str) -> dict:
     return result
 
 
-def results_table(results: list[dict]) -> str:
-    header = "| " + " | ".join(title for _, title, _ in RESULT_COLUMNS) + " |"
-    rule = "|" + "|".join("---" for _ in RESULT_COLUMNS) + "|"
-    rows = []
+def summarise(results: list[dict]) -> list[dict]:
+    """Per recipe, in first-seen order: the number of runs (seeds) and, for each numeric column,
+    the mean and the sample standard deviation over them (None for a single run)."""
+    groups: dict[str, list[dict]] = {}
     for result in results:
-        cells = [fmt.format(result[key]) if result.get(key) is not None else "-" for key, _, fmt in RESULT_COLUMNS]
-        rows.append("| " + " | ".join(cells) + " |")
+        groups.setdefault(result.get("recipe") or "?", []).append(result)
+    summary = []
+    for recipe, runs in groups.items():
+        row = {"recipe": recipe, "runs": len(runs), "seeds": [r.get("seed") for r in runs]}
+        for key, _, _ in RESULT_COLUMNS[1:]:
+            values = [float(r[key]) for r in runs if isinstance(r.get(key), (int, float))]
+            if values:
+                mean = statistics.fmean(values)
+                row[key] = {"mean": mean, "sd": statistics.stdev(values) if len(values) > 1 else None}
+        summary.append(row)
+    return summary
+
+
+def _cell(stat: dict | None, fmt: str) -> str:
+    if not stat:
+        return "-"
+    if stat["sd"] is None:
+        return fmt.format(stat["mean"])
+    return f"{fmt.format(stat['mean'])} ± {fmt.format(stat['sd'])}"
+
+
+def results_table(results: list[dict]) -> str:
+    """One row per recipe: mean ± standard deviation over its runs (seeds)."""
+    columns = RESULT_COLUMNS[1:]
+    header = "| recipe | seeds | " + " | ".join(title for _, title, _ in columns) + " |"
+    rule = "|" + "|".join("---" for _ in range(len(columns) + 2)) + "|"
+    rows = [f"| {row['recipe']} | {row['runs']} | " + " | ".join(_cell(row.get(key), fmt) for key, _, fmt in columns)
+            + " |" for row in summarise(results)]
     chance = next((r for r in results if r.get("eval_retrieval_r1_chance")), None)
     note = ""
     if chance:
@@ -153,4 +180,4 @@ def compare_results(paths: list[str]) -> dict:
                         "e.g. runs/compare/X.json)")
     results = [load_result(p) for p in paths]
     print(results_table(results), file=sys.stderr)
-    return {"compare": results}
+    return {"compare": summarise(results), "runs": results}

@@ -28,7 +28,8 @@ def default_uri() -> str:
 
 
 def register_run(uri: str, run_id: str, cfg: Config, checkpoint: str | None) -> str | None:
-    """Register RUN_ID's checkpoint as a new version of the recipe's model. Returns the version, or None (with a warning) when the registry is unreachable."""
+    """Register RUN_ID's checkpoint as a new version of the recipe's model. Returns the version,
+    or None (with a warning) when the registry is unreachable."""
     if not checkpoint:
         return None
     from mlflow.exceptions import MlflowException

@@ -143,6 +143,8 @@ class Worker:
         self.weights = LossWeights.from_config(cfg.loss, cfg.align)
         self.quantizer = self.gen.module.quantizer
         self.state = TrainState.fresh(self.quantizer.groups, cfg.quantizer.usage_window, cfg.trainer.max_bad_steps)
+        # LG-VQ's masks draw from a stream of their own: a recipe's heads never shift the global one.
+        self.mask_generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * self.rank + 1)
         self.logger = None
         if self.rank == 0:
             from vqct.tracking.metric_logger import MetricLogger
@@ -249,13 +251,18 @@ class Worker:
         return totals
 
     def _captions(self, captions: list[str]):
-        """Frozen text features of the batch's captions and LG-VQ's masked positions."""
+        """Frozen text features of the batch's captions and LG-VQ's masked positions (with the
+        features of the masked captions, unless the recipe asks for the official construction)."""
         if self.text_encoder is None:
             return None, None
-        from vqct.align.lgvq import choose_masked, mask_ratio
+        from vqct.align.lgvq import choose_masked, mask_ratio, masked_caption_tokens
 
         text = self.text_encoder.encode(captions)
-        return text, choose_masked(text["words"], mask_ratio())
+        masked = choose_masked(text["words"], mask_ratio(self.mask_generator), self.mask_generator)
+        lgvq = self.cfg.align.lgvq
+        if lgvq.enabled and lgvq.encode_masked_caption:
+            text["masked_tokens"] = masked_caption_tokens(self.text_encoder, text, masked)
+        return text, masked
 
     def evaluate(self, val_loader) -> dict:
         results, first = evaluate_reconstruction(self.gen, iter(val_loader), self.cfg.data.val_batches,

@@ -34,6 +34,7 @@ class RunSummary:
     run_name: Optional[str] = None
     recipe: Optional[str] = None
     family: Optional[str] = None
+    seed: Optional[int] = None
     codes: Optional[int] = None  # the codebook's size as trained (vqct: adjectives + nouns)
     steps: Optional[int] = None
     psnr: Optional[float] = None

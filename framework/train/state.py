@@ -67,7 +67,7 @@ class TrainState:
         groups = {k: v for k, v in stats.items() if k not in ("codebook_usage", "perplexity")}
         return RunSummary(
             codes=sum(quantizer.groups.values()), steps=self.step, psnr=metrics.get("val/psnr"),
-            ssim=metrics.get("val/ssim"), val_l1=metrics.get("val/l1"), codebook_usage=stats["codebook_usage"], codebook_groups=groups,
-            perplexity=stats.get("perplexity"),
+            ssim=metrics.get("val/ssim"), val_l1=metrics.get("val/l1"), codebook_usage=stats["codebook_usage"],
+            codebook_groups=groups, perplexity=stats.get("perplexity"),
             images_per_s=self.images_seen / self.train_seconds if self.train_seconds else None,
             rec_l1=metrics.get("loss/rec_l1"))
