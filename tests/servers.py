@@ -18,6 +18,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_file_server(directory: Path) -> tuple[subprocess.Popen, str]:
+    """Python's own HTTP server over DIRECTORY on 127.0.0.1; returns (process, base URL) once it answers."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                             "--directory", str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    while True:  # it answers within a second on an idle machine; a busy one may take longer
+        if proc.poll() is not None:
+            raise RuntimeError(f"the HTTP server exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=5).close()
+            return proc, url
+        except OSError:
+            time.sleep(0.2)
+
+
 def stop(proc: subprocess.Popen, timeout: float) -> None:
     """SIGTERM, a grace period, then SIGKILL to whatever of its process group is left."""
     proc.terminate()

@@ -179,7 +179,6 @@ def test_training_on_a_fault_corpus_completes_and_counts_every_skip(tmp_path, sh
 
 def test_a_shard_list_with_nothing_usable_stops_with_a_clear_message(tmp_path, shapes_dir):
     corpus = write_fault_corpus(tmp_path / "corpus", usable=False)
-    start = time.time()
     proc = _run(tmp_path, *_args(tmp_path, f"[{','.join(str(p) for p in corpus)}]", f"{shapes_dir}/val",
                                  "trainer.max_steps=5"),
                 timeout=300)
@@ -187,7 +186,9 @@ def test_a_shard_list_with_nothing_usable_stops_with_a_clear_message(tmp_path, s
     last = proc.stderr.strip().splitlines()[-1]
     assert "no usable sample" in last and "resume with trainer.resume=true" in last, last
     assert proc.stderr.count("resumed from step") == 0  # stopped once, not retried
-    assert time.time() - start < 240
+    # Each of the 2 readers tried its own shards, then every shard, once: no spinning (the
+    # subprocess timeout would catch that; no assertion on time, which depends on load).
+    assert proc.stderr.count("reads every shard and keeps one sample in 2 from now on") <= 2
 
 
 def test_diverging_numerics_stop_the_run_once_with_the_term_and_step(tmp_path, shapes_dir):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from vqct.errors import TrainingFailed, UserError
@@ -24,6 +25,30 @@ def _cmd_data_shapes(args: argparse.Namespace) -> dict:
         raise UserError("--val-fraction must be in [0, 1)")
     return write_shapes(args.out, args.num_samples, args.samples_per_shard, args.image_size,
                         args.seed, args.val_fraction)
+
+
+def _cmd_data_pack(args: argparse.Namespace) -> dict:
+    from vqct.data.pack import PackSettings, pack, read_source
+
+    needs = {"folder": ["images"], "coco": ["annotations", "images"], "cub": ["images", "text"], "table": ["table"]}
+    missing = [f"--{name.replace('_', '-')}" for name in needs[args.layout] if not getattr(args, name)]
+    if missing:
+        raise UserError(f"vqct data pack {args.layout} needs {' and '.join(missing)}")
+    if args.workers <= 0:
+        raise UserError("--workers must be a positive number")
+    settings = PackSettings(val_fraction=args.val_fraction, seed=args.seed, split=args.split,
+                            samples_per_shard=args.samples_per_shard, shard_bytes=args.shard_bytes,
+                            resize=args.resize, crop=args.center_crop, image_format=args.format,
+                            quality=args.quality)
+    settings.check()
+    items, skipped = read_source(args.layout, args)
+    return pack(items, args.out, settings, args.workers, args.force, skipped)
+
+
+def _cmd_data_inspect(args: argparse.Namespace) -> dict:
+    from vqct.data.inspect import inspect_shards
+
+    return inspect_shards(args.shards, args.max_samples)
 
 
 def _cmd_train(args: argparse.Namespace) -> dict:
@@ -175,6 +200,41 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--val-fraction", type=float, default=0.1, help="held-out share")
     shapes.set_defaults(func=_cmd_data_shapes)
+
+    pack = data_sub.add_parser("pack", help="pack images and captions into shards (img2dataset layout)",
+                               description="Layouts: folder (images with same-named .txt captions), coco "
+                               "(--annotations captions_*.json --images DIR), cub (CUB-200 / Oxford-102: "
+                               "--images TREE --text TREE, official split files when present), table "
+                               "(--table CSV/TSV/Parquet --image-column --caption-column).")
+    pack.add_argument("layout", choices=["folder", "coco", "cub", "table"])
+    pack.add_argument("--out", required=True, help="output directory (train/ and val/ inside)")
+    pack.add_argument("--images", help="image folder (folder, coco, cub; table: root of relative paths)")
+    pack.add_argument("--annotations", help="coco: the captions JSON")
+    pack.add_argument("--text", help="cub: the caption tree, parallel to --images")
+    pack.add_argument("--split-dir", help="cub: where the official split files are (default: looked for "
+                      "beside the trees)")
+    pack.add_argument("--table", help="table: the CSV, TSV or Parquet file")
+    pack.add_argument("--image-column", default="image", help="table: column of image paths")
+    pack.add_argument("--caption-column", default="caption", help="table: column of captions")
+    pack.add_argument("--split", default="auto", help="auto (the dataset's own split when it has one, else "
+                      "by seed), seed, train or val (everything into one split)")
+    pack.add_argument("--val-fraction", type=float, default=0.05)
+    pack.add_argument("--seed", type=int, default=0)
+    pack.add_argument("--samples-per-shard", type=int, default=1000)
+    pack.add_argument("--shard-bytes", type=int, default=0, help="also close a shard before its source files "
+                      "pass this many bytes (0: by samples only)")
+    pack.add_argument("--resize", type=int, default=0, help="shorter side to this many pixels (0: as found)")
+    pack.add_argument("--center-crop", action="store_true", help="with --resize: a square centre crop")
+    pack.add_argument("--format", default="jpg", choices=["jpg", "png", "webp", "keep"],
+                      help="keep: the source bytes when they are JPEG, PNG or WebP and not resized")
+    pack.add_argument("--quality", type=int, default=95)
+    pack.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)))
+    pack.add_argument("--force", action="store_true", help="repack a split packed with other inputs or settings")
+    pack.set_defaults(func=_cmd_data_pack)
+    inspect = data_sub.add_parser("inspect", help="shards, samples, formats, sizes and faults of a shard set")
+    inspect.add_argument("shards", nargs="+", help="directories, patterns or URLs")
+    inspect.add_argument("--max-samples", type=int, help="stop after this many samples")
+    inspect.set_defaults(func=_cmd_data_inspect)
 
     priors = sub.add_parser("priors", help="text priors for the vqct quantizer")
     priors_sub = priors.add_subparsers(dest="priors_command", required=True)

@@ -64,8 +64,69 @@ def _mix(*parts: int) -> int:
     return hash(parts) & 0x7FFFFFFF
 
 
+class _NotingHandler:
+    """Passes errors on to HANDLER and notes the shards (the URL each report ends with) that had one."""
+
+    def __init__(self, handler):
+        self.handler, self.urls = handler, set()
+
+    def __call__(self, exn: Exception) -> bool:
+        args = getattr(exn, "args", ())
+        if args and isinstance(args[-1], str):
+            self.urls.add(args[-1])
+        return self.handler(exn)
+
+
+def _open_shards(handler: _NotingHandler):
+    """webdataset's url_opener, plus the check it leaves out: a stream is closed once its tar is
+    read, and a fetch that failed (curl's exit status, a pipe command's) goes to HANDLER, so
+    that a shard that cannot be fetched is counted (once) instead of reading as an empty one."""
+    def stage(shards):
+        for shard in shards:
+            url = shard["url"]
+            try:
+                stream = wds.gopen(url)
+            except Exception as exn:
+                exn.args = exn.args + (url,)
+                if handler(exn):
+                    continue
+                raise
+            yield {**shard, "stream": stream}
+            try:
+                stream.close()
+            except Exception as exn:
+                exn.args = exn.args + (url,)
+                if url not in handler.urls and not handler(exn):
+                    raise
+    return stage
+
+
+def _samples(handler):
+    """Shards -> raw samples (webdataset's tarfile_to_samples, with _open_shards)."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    handler = _NotingHandler(handler)
+    return [_open_shards(handler), lambda streams: tar_file_expander(streams, handler=handler),
+            lambda files: group_by_keys(files, handler=handler)]
+
+
+def _every(readers: int, reader: int):
+    """A pipeline stage that keeps the samples whose position is READER modulo READERS."""
+    def stage(samples):
+        for index, sample in enumerate(samples):
+            if index % readers == reader:
+                yield sample
+    return stage
+
+
 class ImageCaptionStream(IterableDataset):
-    """Yields dicts (image, caption, key, reader, skipped) epoch after epoch."""
+    """Yields dicts (image, caption, key, reader, skipped) epoch after epoch.
+
+    Readers (ranks x DataLoader workers) split the shards between them; with fewer shards
+    than readers each reader reads every shard and keeps one sample in (readers), still
+    exactly once per epoch over all readers. A reader whose own shards yield nothing in an
+    epoch (empty or broken shards) falls back to that sample split over all shards, and
+    only when those yield nothing either does the stream stop (NoUsableSamples)."""
 
     def __init__(self, urls: list[str], image_size: int, seed: int = 0, shuffle_buffer: int = 256,
                  random_crop: bool = False, epochs: Optional[int] = None, start_epoch: int = 0):
@@ -85,14 +146,14 @@ class ImageCaptionStream(IterableDataset):
             except BadSample as bad:
                 counter.add(bad.kind, f"key={sample.get('__key__')} url={sample.get('__url__')}")
 
-    def _epoch(self, epoch: int, counter: SkipCounter, reader: int):
+    def _epoch(self, epoch: int, counter: SkipCounter, reader: int, readers: int, by_samples: bool):
         # The shard order must be the same on every rank before splitting: seed by epoch only.
-        stages = [
-            wds.SimpleShardList(self.urls, seed=_mix(self.seed, epoch)),
-            wds.split_by_node,
-            wds.split_by_worker,
-            wds.tarfile_to_samples(handler=counter.tar_handler),
-        ]
+        shards = wds.SimpleShardList(self.urls, seed=_mix(self.seed, epoch))
+        if by_samples:  # every reader reads every shard: only reader 0 counts a broken one
+            handler = counter.tar_handler if reader == 0 else (lambda exn: True)
+            stages = [shards, *_samples(handler), _every(readers, reader)]
+        else:
+            stages = [shards, wds.split_by_node, wds.split_by_worker, *_samples(counter.tar_handler)]
         if self.shuffle_buffer > 1:
             stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 4,
                                       seed=_mix(self.seed, epoch, reader)))
@@ -101,19 +162,27 @@ class ImageCaptionStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         rank, world, worker, workers = wds.utils.pytorch_worker_info()
-        reader = rank * workers + worker
+        reader, readers = rank * workers + worker, world * workers
         counter = SkipCounter()
+        by_samples = len(self.urls) < readers
         epoch = self.start_epoch
         while self.epochs is None or epoch < self.start_epoch + self.epochs:
             yielded = 0
-            for image, caption, key in self._epoch(epoch, counter, reader):
+            for image, caption, key in self._epoch(epoch, counter, reader, readers, by_samples):
                 yielded += 1
                 yield {"image": image, "caption": caption, "key": key, "reader": reader,
                        "skipped": dict(counter.counts)}
+            if yielded == 0 and not by_samples:
+                print(f"warning: reader {reader} (rank {rank}, worker {worker}) found no usable sample in its "
+                      f"shards (skipped: {counter.counts}); it reads every shard and keeps one sample in "
+                      f"{readers} from now on", file=sys.stderr)
+                by_samples = True
+                continue  # the same epoch again, split by samples
             if yielded == 0:
                 raise NoUsableSamples(
-                    f"reader {reader} (rank {rank}, worker {worker}) found no usable sample in "
-                    f"its shards; skipped so far: {counter.counts}. Check the shards' contents."
+                    f"no usable sample in any of the {len(self.urls)} shards (reader {reader}: rank {rank}, "
+                    f"worker {worker}; skipped so far: {counter.counts}). Check the shards' contents "
+                    "(vqct data inspect SHARDS)."
                 )
             epoch += 1
 

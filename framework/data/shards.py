@@ -9,6 +9,7 @@ that a wrong path fails at start, not inside a worker.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import sys
 from pathlib import Path
@@ -62,13 +63,59 @@ def resolve_shards(spec: Any, what: str = "data.train_shards", missing_out: list
     return urls
 
 
-def check_reader_count(urls: list[str], ranks: int, workers_per_rank: int, what: str) -> None:
-    """webdataset gives a reader with no shard nothing to read: refuse that at start."""
+def check_reader_count(urls: list[str], ranks: int, workers_per_rank: int, what: str) -> bool:
+    """Fewer shards than readers: every reader then reads every shard and keeps its share of the
+    samples (data/loader.py), which multiplies the reading; say so. True when that is the case."""
     readers = ranks * max(1, workers_per_rank)
-    if len(urls) < readers:
-        raise UserError(
-            f"{what}: {len(urls)} shards for {readers} readers "
-            f"(trainer.num_workers={ranks} x data.num_workers={max(1, workers_per_rank)}): "
-            "write more, smaller shards (vqct data shapes --samples-per-shard) or lower "
-            "trainer.num_workers / data.num_workers"
-        )
+    if len(urls) >= readers:
+        return False
+    print(f"note: {what}: {len(urls)} shards for {readers} readers (trainer.num_workers={ranks} x "
+          f"data.num_workers={max(1, workers_per_rank)}): each reader reads every shard and keeps one "
+          f"sample in {readers}; more, smaller shards read faster", file=sys.stderr)
+    return True
+
+
+def _manifest_counts(directory: Path) -> dict[str, int]:
+    """Per-shard sample counts a vqct manifest (vqct data pack) gives for DIRECTORY's shards."""
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+        return {str(directory / e["name"]): int(e["samples"]) for e in manifest.get("shards", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _img2dataset_count(url: str) -> int | None:
+    """img2dataset writes NNNNN_stats.json beside NNNNN.tar; 'successes' is its sample count."""
+    stats = Path(url[: -len(".tar")] + "_stats.json") if url.endswith(".tar") else None
+    try:
+        return int(json.loads(stats.read_text())["successes"]) if stats else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def known_counts(urls: list[str]) -> dict[str, int]:
+    """Sample counts of the local shards whose count a manifest or img2dataset's stats give."""
+    counts: dict[str, int] = {}
+    for directory in {Path(u).parent for u in urls if not is_remote(u)}:
+        counts.update(_manifest_counts(directory))
+    for url in urls:
+        if url not in counts and not is_remote(url):
+            found = _img2dataset_count(url)
+            if found is not None:
+                counts[url] = found
+    return {u: counts[u] for u in urls if u in counts}
+
+
+def drop_empty(urls: list[str], what: str) -> tuple[list[str], list[str]]:
+    """Pass over the shards known to hold no sample (all-failed img2dataset slices), so that no
+    reader is handed only empty ones. Returns (kept, empty); refuses a set that is all empty."""
+    counts = known_counts(urls)
+    empty = [u for u in urls if counts.get(u) == 0]
+    kept = [u for u in urls if counts.get(u) != 0]
+    if empty:
+        print(f"note: {what}: {len(empty)} of {len(urls)} shards hold no sample and are passed over "
+              f"(first: {empty[0]})", file=sys.stderr)
+    if not kept:
+        raise UserError(f"{what}: all {len(urls)} shards hold no sample (their manifest or img2dataset "
+                        "stats say so): point it at shards with data")
+    return kept, empty

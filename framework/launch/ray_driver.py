@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vqct.config.compose import config_hash
 from vqct.config.schema import Config, VQCTConfig
-from vqct.data.shards import check_reader_count, resolve_shards
+from vqct.data.shards import check_reader_count, drop_empty, resolve_shards
 from vqct.errors import TrainingFailed, UserError
 from vqct.launch.ray_connect import connect
 from vqct.launch.runs import choose_run, repair_ray_snapshot
@@ -64,9 +64,9 @@ def train(cfg: Config) -> dict:
     """Train CFG; returns the RunSummary's JSON (the command's final line)."""
     t, d = cfg.trainer, cfg.data
     missing: list[str] = []
-    train_urls = resolve_shards(d.train_shards, "data.train_shards", missing)
+    train_urls, empty = drop_empty(resolve_shards(d.train_shards, "data.train_shards", missing), "data.train_shards")
     check_reader_count(train_urls, t.num_workers, d.num_workers, "data.train_shards")
-    val_urls = resolve_shards(d.val_shards or d.train_shards, "data.val_shards")
+    val_urls, _ = drop_empty(resolve_shards(d.val_shards or d.train_shards, "data.val_shards"), "data.val_shards")
     check_reader_count(val_urls, t.num_workers, d.num_workers, "data.val_shards")
     cfg.tracking.uri = absolute_uri(cfg.tracking.uri)
     storage = Path(t.storage_path).expanduser().resolve()
@@ -85,7 +85,7 @@ def train(cfg: Config) -> dict:
     interrupt_on_sigterm()
     try:
         spec = WorkerSpec(cfg, "", str(storage / run_name), train_urls, val_urls, priors_dir)
-        return _fit(spec, storage, previous, len(missing)).to_json()
+        return _fit(spec, storage, previous, len(missing), len(empty)).to_json()
     finally:
         if connected:  # also drains the workers' forwarded logs before the final JSON line
             import ray
@@ -118,7 +118,8 @@ def _worker_errors(exc: BaseException) -> str:
                      for rank, err in sorted(failures.items()))
 
 
-def _fit(spec: WorkerSpec, storage: Path, previous: dict | None, missing_shards: int) -> RunSummary:
+def _fit(spec: WorkerSpec, storage: Path, previous: dict | None, missing_shards: int,
+         empty_shards: int) -> RunSummary:
     """Open (or reopen) the MLflow run, run the workers, close the run, register the model.
     SPEC's MLflow run id is filled in here."""
     cfg, run_name = spec.config, Path(spec.run_dir).name
@@ -134,7 +135,7 @@ def _fit(spec: WorkerSpec, storage: Path, previous: dict | None, missing_shards:
     write_run(storage / run_name, {"mlflow_run_id": run_id, "recipe": cfg.recipe,
                                    "config_hash": config_hash(cfg), "tracking_uri": uri})
     if not previous:  # once per run: step 0 has one value
-        log_start_metrics(uri, run_id, {"data/missing_shards": missing_shards,
+        log_start_metrics(uri, run_id, {"data/missing_shards": missing_shards, "data/empty_shards": empty_shards,
                                         "data/train_shards": len(spec.train_urls)})
     print(f"run {run_name}: MLflow run {run_id} at {uri}", file=sys.stderr)
     take_stop(storage / run_name)  # a stop left by an earlier attempt is history now

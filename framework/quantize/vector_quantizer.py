@@ -37,7 +37,8 @@ class VectorQuantizer(ReportsUsage, nn.Module):
         self.channels = dim
         # A direct parameter, not an nn.Embedding: under ZeRO-3 a module's own parameters are
         # gathered for its forward, a child's only for the child's forward.
-        self.codebook = nn.Parameter(torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size))
+        bound = 1.0 / codebook_size
+        self.codebook = nn.Parameter(torch.empty(codebook_size, dim).uniform_(-bound, bound))
 
     def forward(self, z: torch.Tensor, with_codes: bool = False):
         """z (B, D, H, W) -> (z_q with straight-through gradient, loss, indices (B, H, W)), and with
