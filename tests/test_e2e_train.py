@@ -129,6 +129,22 @@ def test_vqct_shapes_with_real_minilm_and_spacy(tmp_path, shapes_dir):
     assert 0 <= indices[..., :2].min() and indices[..., :2].max() < 32  # adjective codes
     assert 0 <= indices[..., 2].min() and indices[..., 2].max() < 32  # noun codes
 
+    # The exported tokenizer directory gives the same tokens without DeepSpeed, priors or text model.
+    proc = subprocess.run(vqct_cmd() + ["export", result["checkpoint"], "--out", str(tmp_path / "tok")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exported = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert exported["codes"] == 64 and exported["files"] == ["config.json", "model.safetensors"]
+    from vqct.data.loader import ImageCaptionStream, Loader
+    from vqct.data.shards import resolve_shards
+    from vqct.tokenizer.pretrained import from_pretrained
+
+    tokenizer, _ = from_pretrained(tmp_path / "tok")
+    stream = ImageCaptionStream(resolve_shards(f"{shapes_dir}/val"), image_size=32, shuffle_buffer=0, epochs=1)
+    first = next(iter(Loader(stream, batch_size=16, num_workers=0)))
+    assert torch.equal(tokenizer.tokenize(first.images).to(indices.dtype), indices[:16])
+
 
 def test_lgvq_shapes_logs_each_language_loss(tmp_path, shapes_dir):
     result, _ = _train(tmp_path, shapes_dir, "trainer.max_steps=8", "trainer.checkpoint_every=8",

@@ -103,6 +103,17 @@ def _cmd_tokenize(args: argparse.Namespace) -> dict:
     return export_tokens(args.checkpoint, args.data, args.out, args.batch_size)
 
 
+def _cmd_export(args: argparse.Namespace) -> dict:
+    from vqct.tokenizer.pretrained import export
+
+    checkpoint = args.checkpoint
+    if checkpoint.startswith("models:/"):
+        from vqct.tracking.registry import resolve_model_uri
+
+        checkpoint = resolve_model_uri(checkpoint)
+    return export(checkpoint, args.out)
+
+
 def _cmd_caption(args: argparse.Namespace) -> dict:
     from vqct.tokenizer.caption import caption_images
 
@@ -250,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--out", required=True, help="output directory for tokens-NNNNNN.safetensors")
     tokenize.add_argument("--batch-size", type=int, default=64)
     tokenize.set_defaults(func=_cmd_tokenize)
+
+    export = sub.add_parser("export", help="a tokenizer directory (config.json + model.safetensors) that "
+                            "vqct.tokenizer.pretrained.from_pretrained loads without DeepSpeed or Ray")
+    export.add_argument("checkpoint", help="a runs/<run>/checkpoint_<time> directory or a models:/ URI")
+    export.add_argument("--out", required=True, help="the directory to write")
+    export.set_defaults(func=_cmd_export)
 
     caption = sub.add_parser("caption", help="greedy captions from a VQCT-VLT checkpoint's codes")
     caption.add_argument("checkpoint", help="a runs/<run>/checkpoint_<time> directory")

@@ -50,40 +50,31 @@ class TransferNetwork(nn.Module):
         return self.layer2(self.dropout(F.relu(self.layer1(x, adjacency))), adjacency)
 
 
-class TransferQuantizer(ReportsUsage, nn.Module):
-    def __init__(self, adjective_embeddings: torch.Tensor, noun_embeddings: torch.Tensor,
-                 edge_index: torch.Tensor, edge_weight: torch.Tensor, code_dim: int, hidden: int,
-                 dropout: float = 0.5, topk: int = 2, beta: float = 0.25, legacy_beta: bool = True,
-                 lookup_memory_mb: float = 256.0):
+class AdjNounQuantizer(ReportsUsage, nn.Module):
+    """VQCT's quantization, whatever gives the codebook (subclasses say what: `codebook()`): the
+    map's first half is matched to adjective codes (the mean of its `topk` nearest), the second
+    to the nearest noun code, both halves straight-through."""
+
+    def __init__(self, num_adj: int, num_noun: int, code_dim: int, topk: int = 2, beta: float = 0.25,
+                 legacy_beta: bool = True, lookup_memory_mb: float = 256.0):
         super().__init__()
-        self.num_adj, self.num_noun = adjective_embeddings.shape[0], noun_embeddings.shape[0]
+        self.num_adj, self.num_noun = num_adj, num_noun
         self.code_dim = code_dim
         self.channels = 2 * code_dim
-        self.topk = min(topk, self.num_adj)
+        self.topk = min(topk, num_adj)
         self.beta, self.legacy_beta, self.lookup_memory_mb = beta, legacy_beta, lookup_memory_mb
-        # Frozen priors are buffers (never optimised); not persistent: the priors cache holds them.
-        words = torch.cat([adjective_embeddings, noun_embeddings]).float()
-        self.register_buffer("word_embeddings", words, persistent=False)
-        graph = normalized_graph(edge_index.long(), edge_weight.float(), words.shape[0])
-        # Plain tensors as buffers: DeepSpeed broadcasts buffers at start and moves them with the module.
-        for name, tensor in graph._asdict().items():
-            self.register_buffer(f"graph_{name}", tensor, persistent=False)
-        self.transfer = TransferNetwork(words.shape[1], hidden, code_dim, dropout)
 
     @property
     def groups(self) -> dict[str, int]:
         return {"adj": self.num_adj, "noun": self.num_noun}
 
-    def adjacency(self) -> Graph:
-        return Graph(*(getattr(self, f"graph_{name}") for name in Graph._fields))
-
     def codebook(self) -> torch.Tensor:
-        """(adjectives + nouns, code_dim): the transfer network's output."""
-        return self.transfer(self.word_embeddings, self.adjacency())
+        """(adjectives + nouns, code_dim)."""
+        raise NotImplementedError
 
     def forward(self, z: torch.Tensor, with_codes: bool = False):
         """z (B, 2C, H, W) -> (z_q, loss, indices (B, H, W, topk + 1): adjectives then noun), and
-        with WITH_CODES the code vectors (B, 2C, H, W), whose gradient reaches the GCN."""
+        with WITH_CODES the code vectors (B, 2C, H, W), whose gradient reaches the codebook."""
         b, c, h, w = z.shape
         codes = self.codebook()
         adj_codes, noun_codes = codes[: self.num_adj], codes[self.num_adj:]
@@ -119,3 +110,43 @@ class TransferQuantizer(ReportsUsage, nn.Module):
         adj = codes[: self.num_adj][indices[..., :-1]].mean(dim=-2)
         noun = codes[self.num_adj:][indices[..., -1]]
         return torch.cat([adj, noun], dim=-1).permute(0, 3, 1, 2).contiguous()
+
+
+class TransferQuantizer(AdjNounQuantizer):
+    """VQCT's training quantizer: the codebook is the GCN's output over the frozen word embeddings."""
+
+    def __init__(self, adjective_embeddings: torch.Tensor, noun_embeddings: torch.Tensor,
+                 edge_index: torch.Tensor, edge_weight: torch.Tensor, code_dim: int, hidden: int,
+                 dropout: float = 0.5, topk: int = 2, beta: float = 0.25, legacy_beta: bool = True,
+                 lookup_memory_mb: float = 256.0):
+        super().__init__(adjective_embeddings.shape[0], noun_embeddings.shape[0], code_dim, topk, beta,
+                         legacy_beta, lookup_memory_mb)
+        # Frozen priors are buffers (never optimised); not persistent: the priors cache holds them.
+        words = torch.cat([adjective_embeddings, noun_embeddings]).float()
+        self.register_buffer("word_embeddings", words, persistent=False)
+        graph = normalized_graph(edge_index.long(), edge_weight.float(), words.shape[0])
+        # Plain tensors as buffers: DeepSpeed broadcasts buffers at start and moves them with the module.
+        for name, tensor in graph._asdict().items():
+            self.register_buffer(f"graph_{name}", tensor, persistent=False)
+        self.transfer = TransferNetwork(words.shape[1], hidden, code_dim, dropout)
+
+    def adjacency(self) -> Graph:
+        return Graph(*(getattr(self, f"graph_{name}") for name in Graph._fields))
+
+    def codebook(self) -> torch.Tensor:
+        """(adjectives + nouns, code_dim): the transfer network's output."""
+        return self.transfer(self.word_embeddings, self.adjacency())
+
+
+class FixedAdjNounQuantizer(AdjNounQuantizer):
+    """The same quantization over a codebook computed once (the transfer network's output in
+    eval mode): what a trained tokenizer needs at inference, without the text model or graph."""
+
+    def __init__(self, codes: torch.Tensor, num_adj: int, topk: int = 2, beta: float = 0.25,
+                 legacy_beta: bool = True, lookup_memory_mb: float = 256.0):
+        super().__init__(num_adj, codes.shape[0] - num_adj, codes.shape[1], topk, beta, legacy_beta,
+                         lookup_memory_mb)
+        self.register_buffer("codes", codes.detach().float().clone())
+
+    def codebook(self) -> torch.Tensor:
+        return self.codes
