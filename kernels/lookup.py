@@ -54,7 +54,7 @@ def _chunk_rows(num_codes: int, memory_mb: float) -> int:
     return max(1, int(memory_mb * 2**20 // bytes_per_row))
 
 
-def _chunked(z: torch.Tensor, codes: torch.Tensor, k: int, memory_mb: float) -> tuple[torch.Tensor, torch.Tensor]:
+def chunked_lookup(z: torch.Tensor, codes: torch.Tensor, k: int, memory_mb: float) -> tuple[torch.Tensor, torch.Tensor]:
     z, codes = z.float(), codes.float()
     code_sq = codes.pow(2).sum(1)
     rows = _chunk_rows(codes.shape[0], memory_mb)
@@ -98,7 +98,7 @@ def nearest_codes_topk(z: torch.Tensor, codes: torch.Tensor, k: int, memory_mb: 
 
         idx, dist = nearest_codes_triton(z, codes, k)
     else:
-        idx, dist = _chunked(z, codes, k, memory_mb)
+        idx, dist = chunked_lookup(z, codes, k, memory_mb)
     return idx, (dist / 2 if metric == "cosine" else dist)
 
 

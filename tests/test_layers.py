@@ -84,13 +84,33 @@ def upward_imports(modules: dict[str, Path]) -> list[str]:
     return problems
 
 
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _module_aliases(tree: ast.AST) -> set[str]:
+    """Names bound to vqct modules: `import vqct.x as m`, `from vqct.kernels import lookup`."""
+    aliases = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            aliases |= {a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith("vqct")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vqct"):
+            aliases |= {a.asname or a.name for a in node.names if a.name[:1].islower()}
+    return aliases
+
+
 def private_imports(modules: dict[str, Path]) -> list[str]:
+    """`from vqct.x import _name`, and `module._name` on a name bound to a vqct module."""
     problems = []
     for module, path in modules.items():
         for target, names, line in _imports(path, module):
-            for name in names:
-                if name.startswith("_") and not name.startswith("__"):
-                    problems.append(f"{_where(path)}:{line}: imports {target}.{name}, a private name")
+            problems += [f"{_where(path)}:{line}: imports {target}.{n}, a private name" for n in names if _private(n)]
+        tree = ast.parse(path.read_text(), str(path))
+        aliases = _module_aliases(tree)
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and _private(node.attr)):
+                problems.append(f"{_where(path)}:{node.lineno}: uses {node.value.id}.{node.attr}, a private name")
     return problems
 
 
@@ -123,8 +143,11 @@ def test_a_planted_upward_import_is_caught(tmp_path, planted, expected):
     assert any(expected in p for p in problems), problems
 
 
-def test_a_planted_private_import_is_caught(tmp_path):
+@pytest.mark.parametrize("planted", ["from vqct.train.loop import _last_line\n",
+                                     "from vqct.kernels import lookup\nlookup._reference = None\n"])
+def test_a_planted_private_import_is_caught(tmp_path, planted):
     modules = _modules()
     copy = tmp_path / "step.py"
-    copy.write_text(modules["vqct.train.step"].read_text() + "\nfrom vqct.train.loop import _last_line\n")
-    assert any("_last_line" in p for p in private_imports({"vqct.train.step": copy}))
+    copy.write_text(modules["vqct.train.step"].read_text() + "\n" + planted)
+    problems = private_imports({"vqct.train.step": copy})
+    assert len(problems) == 1 and ("_last_line" in problems[0] or "lookup._reference" in problems[0]), problems

@@ -49,7 +49,7 @@ def bench_shape(n: int, k: int, d: int, device, dtype, budget_mb: float, cpu_den
         else:
             row[name] = {"error": f"skipped: needs {_dense_bytes(n, k) / 2**30:.1f} GiB (--cpu-dense-cap-gib)"}
     if device.type == "cuda":
-        row["chunked"] = measure(lambda: lookup._chunked(z, codes, 1, budget_mb), device, reps)
+        row["chunked"] = measure(lambda: lookup.chunked_lookup(z, codes, 1, budget_mb), device, reps)
         gemm = measure(lambda: z @ codes.t(), device, reps)
         row["gemm"] = gemm
         if "ms" in gemm and "ms" in row["ours"]:
