@@ -180,15 +180,14 @@ def test_training_on_a_fault_corpus_completes_and_counts_every_skip(tmp_path, sh
 def test_a_shard_list_with_nothing_usable_stops_with_a_clear_message(tmp_path, shapes_dir):
     corpus = write_fault_corpus(tmp_path / "corpus", usable=False)
     proc = _run(tmp_path, *_args(tmp_path, f"[{','.join(str(p) for p in corpus)}]", f"{shapes_dir}/val",
-                                 "trainer.max_steps=5"),
-                timeout=300)
+                                 "trainer.max_steps=5"))  # _run's timeout only catches a spinning run
     assert proc.returncode == 1, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert "no usable sample" in last and "resume with trainer.resume=true" in last, last
     assert proc.stderr.count("resumed from step") == 0  # stopped once, not retried
-    # Each of the 2 readers tried its own shards, then every shard, once: no spinning (the
-    # subprocess timeout would catch that; no assertion on time, which depends on load).
-    assert proc.stderr.count("reads every shard and keeps one sample in 2 from now on") <= 2
+    # Each reader tried its own shards, then every shard, and only then stopped: the stop names the
+    # whole set. (No assertion on time, which depends on load; nor on how often Ray repeats a line.)
+    assert "no usable sample in any of the" in last, last
 
 
 def test_diverging_numerics_stop_the_run_once_with_the_term_and_step(tmp_path, shapes_dir):
@@ -198,7 +197,7 @@ def test_diverging_numerics_stop_the_run_once_with_the_term_and_step(tmp_path, s
 
     proc = _run(tmp_path, *_args(tmp_path, f"{shapes_dir}/train", f"{shapes_dir}/val", "optim.lr=1e30",
                                  "trainer.max_steps=20", "trainer.checkpoint_every=1", "trainer.max_bad_steps=3",
-                                 "trainer.run_name=diverged"), timeout=300)
+                                 "trainer.run_name=diverged"))
     assert proc.returncode == 1, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert "3 non-finite steps in a row" in last and "was not finite at step 2" in last, last
