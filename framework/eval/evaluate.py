@@ -114,11 +114,11 @@ class Evaluator:
         self.got.code_means.append(zq.float().mean((2, 3)).cpu())
         self.got.word_means.append(alignment.mean_word_embedding(text["tokens"].float(), words).cpu())
         if self.lgvq is not None:
-            self._update_lgvq(zq, text, words)
+            self._update_lgvq(zq, text)
         if self.vlt is not None:
             self.got.global_emb.setdefault("vlt", []).append(self.vlt.global_embedding(zq).float().cpu())
 
-    def _update_lgvq(self, zq: torch.Tensor, text: dict, words: torch.Tensor) -> None:
+    def _update_lgvq(self, zq: torch.Tensor, text: dict) -> None:
         lgvq, got = self.lgvq, self.got
         z_vt = lgvq.visual_tokens(zq)
         got.global_emb.setdefault("lgvq", []).append(lgvq.global_embedding(z_vt).float().cpu())

@@ -45,7 +45,7 @@ def _inference_state(model: VQTokenizer) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
 
 
-def describe(model: VQTokenizer, cfg: Config) -> dict:
+def tokenizer_card(model: VQTokenizer, cfg: Config) -> dict:
     """What a user of the directory needs to know besides the weights."""
     q = model.quantizer
     index_shape = ["B", cfg.token_grid, cfg.token_grid] + ([q.topk + 1] if isinstance(q, AdjNounQuantizer) else [])
@@ -59,7 +59,7 @@ def save_pretrained(model: VQTokenizer, cfg: Config, directory: str | Path) -> P
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(_inference_state(model), str(directory / WEIGHTS_FILE))
-    meta = {"format": FORMAT, "version": VERSION, **describe(model, cfg), "config": config_to_dict(cfg)}
+    meta = {"format": FORMAT, "version": VERSION, **tokenizer_card(model, cfg), "config": config_to_dict(cfg)}
     atomic_write_text(directory / CONFIG_FILE, json.dumps(meta, indent=1))
     return directory
 
@@ -99,4 +99,4 @@ def export(checkpoint: str, out: str) -> dict:
     model, cfg = load_tokenizer(checkpoint)
     directory = save_pretrained(model, cfg, out)
     return {"out": str(directory), "checkpoint": str(checkpoint), "recipe": cfg.recipe,
-            **describe(model, cfg), "files": sorted(p.name for p in directory.iterdir())}
+            **tokenizer_card(model, cfg), "files": sorted(p.name for p in directory.iterdir())}
