@@ -72,16 +72,53 @@ def test_a_folder_with_faults_packs_the_good_samples_and_reports_the_rest(folder
         assert sum(skipped_reading.values()) == 0
         assert sum(e["samples"] for e in manifest["shards"]) == manifest["samples"]
         assert all(e["samples"] <= 4 for e in manifest["shards"])
-    sample_json = next(p for p in (out / "train").iterdir() if p.suffix == ".tar")
+    metas, texts = _tar_samples(out)
+    assert len(metas) == 12
+    assert {(m["width"], m["height"], tuple(m["original_size"])) for m in metas} == {(16, 16, (40, 30))}
+    # every caption line of an image travels with it; the byte copy that sorts first is the one kept
+    assert sorted(m["captions"] for m in metas) == [1] + [2] * 11
+    assert all(m["captions"] == len(t.splitlines()) for m, t in zip(metas, texts))
+    assert sum(t.startswith("a photo number") for t in texts) == 11
+
+
+def _tar_samples(out):
+    """(json metadata, caption text) of every sample in every shard under out, in one order."""
+    metas, texts = [], []
+    for tar_path in sorted(out.glob("*/*.tar")):
+        m, t = _tar_samples_of(tar_path)
+        metas += m
+        texts += t
+    return metas, texts
+
+
+def _tar_samples_of(tar_path):
     import tarfile
 
-    with tarfile.open(sample_json) as tar:
+    metas, texts = [], []
+    with tarfile.open(tar_path) as tar:
         names = sorted(tar.getnames())
-        meta = json.loads(tar.extractfile(next(n for n in names if n.endswith(".json"))).read())
-        text = tar.extractfile(next(n for n in names if n.endswith(".txt"))).read().decode()
-    assert {n.rsplit(".", 1)[1] for n in names} == {"jpg", "txt", "json"}
-    assert (meta["width"], meta["height"], meta["original_size"], meta["captions"]) == (16, 16, [40, 30], 2)
-    assert text.startswith("a photo number") and len(text.splitlines()) == 2
+        assert {n.rsplit(".", 1)[1] for n in names} == {"jpg", "txt", "json"}
+        for name in (n for n in names if n.endswith(".json")):
+            metas.append(json.loads(tar.extractfile(name).read()))
+            texts.append(tar.extractfile(name[:-len("json")] + "txt").read().decode())
+    return metas, texts
+
+
+def test_the_hash_split_is_the_same_wherever_the_dataset_sits(folder, tmp_path):
+    settings = PackSettings(val_fraction=0.5, seed=3, samples_per_shard=4)
+
+    def split_of_each_image(root, out):
+        pack(read_source("folder", type("A", (), {"images": str(root)}))[0], out, settings, workers=1)
+        return {(tar.parent.name, os.path.relpath(m["source"], root))
+                for tar in sorted(out.glob("*/*.tar")) for m in _tar_samples_of(tar)[0]}
+
+    before = split_of_each_image(folder, tmp_path / "out1")
+    moved = tmp_path / "elsewhere" / "deeper" / "photos"
+    moved.parent.mkdir(parents=True)
+    folder.rename(moved)
+    after = split_of_each_image(moved, tmp_path / "out2")
+    assert before == after and len(before) == 12
+    assert {split for split, _ in before} == {"train", "val"}
 
 
 def test_packing_again_keeps_the_shards_written_and_rewrites_a_damaged_one(folder, tmp_path):

@@ -114,9 +114,10 @@ def deduplicate(items: list[Item], skipped: Skipped, workers: int) -> tuple[list
     return kept, sizes
 
 
-def _in_val(source: str, seed: int, fraction: float) -> bool:
-    """A split by hash of the path: stable whatever the order or the number of items."""
-    h = int.from_bytes(hashlib.sha256(f"{seed}:{source}".encode()).digest()[:8], "big")
+def _in_val(name: str, seed: int, fraction: float) -> bool:
+    """A split by hash of the dataset's own name for the image: stable whatever the order, the
+    number of items or the directory the dataset sits in."""
+    h = int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "big")
     return h / 2**64 < fraction
 
 
@@ -129,7 +130,7 @@ def assign_splits(items: list[Item], settings: PackSettings) -> dict[str, list[I
         elif own:
             name = item.split or "train"
         else:
-            name = "val" if _in_val(item.source, settings.seed, settings.val_fraction) else "train"
+            name = "val" if _in_val(item.name or item.source, settings.seed, settings.val_fraction) else "train"
         splits[name].append(item)
     return splits
 

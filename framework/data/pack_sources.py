@@ -34,6 +34,9 @@ class Item:
     source: str  # the image file
     captions: tuple[str, ...]
     split: Optional[str] = None  # "train" / "val" when the dataset says
+    # The image's path as the dataset names it (relative to its root): the hash split keys on
+    # it, so moving the dataset to another directory or machine keeps every image's split.
+    name: str = ""
 
 
 def _clean(lines) -> tuple[str, ...]:
@@ -61,7 +64,7 @@ def read_folder(root: Path, skip: Skip) -> Iterator[Item]:
         if not captions:
             skip("missing_caption", str(image), f"no caption in {caption.name}")
             continue
-        yield Item(str(image), captions)
+        yield Item(str(image), captions, name=image.relative_to(root).as_posix())
 
 
 def read_coco(annotations: Path, images: Path, skip: Skip) -> Iterator[Item]:
@@ -86,7 +89,7 @@ def read_coco(annotations: Path, images: Path, skip: Skip) -> Iterator[Item]:
         if not found:
             skip("missing_caption", str(images / name), "no caption in the annotations")
             continue
-        yield Item(str(images / name), found)
+        yield Item(str(images / name), found, name=name)
 
 
 def _official_cub_split(split_dir: Path) -> Callable[[str], Optional[str]] | None:
@@ -127,7 +130,8 @@ def read_cub(images: Path, text: Path, split_dir: Optional[Path], skip: Skip) ->
         if not captions:
             skip("missing_caption", str(image), f"{caption_file.name} is empty")
             continue
-        yield Item(str(image), captions, split_of(image.relative_to(images).as_posix()) if split_of else None)
+        name = image.relative_to(images).as_posix()
+        yield Item(str(image), captions, split_of(name) if split_of else None, name=name)
 
 
 def _read_table(path: Path):
@@ -154,15 +158,17 @@ def read_table(path: Path, image_column: str, caption_column: str, images: Optio
                             "name them with --image-column / --caption-column")
     root = images or path.parent
     captions: dict[str, list[str]] = {}
+    names: dict[str, str] = {}
     for image, caption in zip(frame[image_column], frame[caption_column]):
         image = str(image or "").strip()
         if not image:
             skip("missing_image", str(path), "a row without an image path")
             continue
         source = str(Path(image) if Path(image).is_absolute() else root / image)
+        names.setdefault(source, image)
         captions.setdefault(source, []).extend(_clean(str(caption or "").splitlines()))
     for source, found in captions.items():  # one item per image, all its rows' captions
         if not found:
             skip("missing_caption", source, "empty caption cell")
             continue
-        yield Item(source, tuple(found))
+        yield Item(source, tuple(found), name=names[source])
