@@ -49,10 +49,12 @@ def stop(proc: subprocess.Popen, timeout: float) -> None:
 
 
 def start_mlflow_server(root: Path, port: int, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    """`mlflow server` with ROOT's sqlite store; returns once /health answers."""
+    """`mlflow server` with ROOT's sqlite store, proxying artifacts to ROOT/artifacts (clients
+    reach them only through the server); returns once /health answers."""
     mlflow = Path(sys.executable).with_name("mlflow")
     proc = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{root}/mlflow.db"], cwd=root,
+                             "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+                             "--artifacts-destination", str(root / "artifacts")], cwd=root,
                             env=dict(env or os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

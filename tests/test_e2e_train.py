@@ -60,6 +60,19 @@ def test_train_zero2_then_resume_in_the_same_mlflow_run(tmp_path, shapes_dir):
     assert {"config", "reconstructions"} <= artifacts
     assert [a.path for a in client.list_artifacts(run_id, "reconstructions")] == \
         ["reconstructions/val_step0000020.png"]
+    from PIL import Image
+
+    grid = Image.open(client.download_artifacts(run_id, "reconstructions/val_step0000020.png", str(tmp_path)))
+    assert grid.size[0] > 8 * 128 and grid.size[1] == 2 * (128 + 4)  # 8 labelled 32 px pairs, tiles of 128 px
+    # What the run read, the machine it ran on, the recipe as written, the model it made
+    contexts = {d.tags[0].value: d.dataset.name for d in run.inputs.dataset_inputs}
+    assert contexts == {"train": "vqgan_shapes-train", "validation": "vqgan_shapes-validation"}
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    assert "config/recipe/vqgan_shapes.yaml" in {a.path for a in client.list_artifacts(run_id, "config/recipe")}
+    assert first["model_version"] == "1"
+    version = MlflowClient(uri, registry_uri=uri).get_model_version("vqgan_shapes", "1")
+    assert [f"models:/{m.model_id}" for m in client.search_logged_models([run.info.experiment_id])
+            if m.source_run_id == run_id] == [version.source]
 
     second, log = _train(tmp_path, shapes_dir, "trainer.max_steps=40", "trainer.checkpoint_every=10",
                          "trainer.zero_stage=2", "loss.disc_start=15", "trainer.image_every=20",

@@ -113,6 +113,47 @@ def test_submit_to_nowhere_is_a_clear_user_error(tmp_path, shapes_dir):
     assert "Traceback" not in proc.stderr
 
 
+_ROUND_TRIP = """
+import json, sys
+import mlflow.pyfunc
+import numpy as np
+import torch
+import vqct
+from vqct.data.loader import ImageCaptionStream, Loader
+from vqct.data.shards import resolve_shards
+from vqct.eval.reconstruction import ReconstructionMetrics
+
+loaded = mlflow.pyfunc.load_model("models:/vqgan_shapes@best")
+tokenizer = loaded.unwrap_python_model()
+direct, _ = vqct.load_tokenizer("models:/vqgan_shapes@best")
+metrics = ReconstructionMetrics("cpu")
+agree = True
+stream = ImageCaptionStream(resolve_shards(sys.argv[1]), image_size=32, shuffle_buffer=0, epochs=1)
+for batch in Loader(stream, batch_size=64, num_workers=0):
+    indices = loaded.predict(batch.images.numpy())
+    agree = agree and torch.equal(direct.tokenize(batch.images), torch.from_numpy(indices))
+    metrics.update(batch.images, torch.from_numpy(tokenizer.decode(indices)))
+print(json.dumps({**metrics.compute(), "agree": agree,
+                  "imported": sorted(n for n in ("deepspeed", "ray") if n in sys.modules)}))
+"""
+
+
+def _round_trip_from_the_registry_alone(tmp_path, shapes_dir, mlflow_server, evaluated):
+    """A fresh process in another directory, with the run's storage gone, loads the `best`
+    version through the server and reconstructs the held-out set as `vqct eval` measured."""
+    (tmp_path / "runs").rename(tmp_path / "runs-elsewhere")
+    elsewhere = tmp_path / "another-machine"
+    elsewhere.mkdir()
+    env = dict(_env(), MLFLOW_TRACKING_URI=mlflow_server)
+    proc = subprocess.run([sys.executable, "-c", _ROUND_TRIP, f"{shapes_dir}/val"], capture_output=True, text=True,
+                          cwd=elsewhere, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["agree"] and got["imported"] == []
+    assert got["psnr"] == pytest.approx(evaluated["psnr"], abs=1e-3)
+    assert got["l1"] == pytest.approx(evaluated["l1"], abs=1e-5)
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """`mlflow server` on 127.0.0.1 with its own sqlite store and artifact folder, stopped by PID."""
@@ -147,7 +188,8 @@ def test_a_job_tracked_by_an_mlflow_server_registers_its_tokenizer(job_server, m
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     evaluated = run("eval", training["run_id"], "--data", f"{shapes_dir}/val", "--tracking-uri", mlflow_server)
-    assert evaluated["registry"] == {"registered": True, "version": "1", "best": True, "metric": "psnr"}
+    assert evaluated["registry"] == {"registered": True, "version": "1", "metric": "psnr", "best": True,
+                                     "moved": True, "best_version": "1", "moved_from": None}
     assert str(client.get_model_version_by_alias("vqgan_shapes", "best").version) == "1"
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
@@ -162,6 +204,8 @@ def test_a_job_tracked_by_an_mlflow_server_registers_its_tokenizer(job_server, m
     assert indices.shape == (2, 8, 8) and torch.equal(indices, direct.tokenize(images))
     assert model.detokenize(indices).shape == (2, 3, 32, 32)
 
+    _round_trip_from_the_registry_alone(tmp_path, shapes_dir, mlflow_server, evaluated)
+
     listed = {r["recipe"]: r for r in run("recipes", "--tracking-uri", mlflow_server)["recipes"]}
     assert listed["vqgan_shapes"]["runs"] == 1 and listed["vqgan_shapes"]["best_run"] == training["run_id"]
     assert listed["vqct_shapes"]["runs"] == 0 and listed["vqct_shapes"]["quantizer"] == "vqct"
@@ -172,3 +216,5 @@ def test_a_job_tracked_by_an_mlflow_server_registers_its_tokenizer(job_server, m
     assert [r["run_id"] for r in compared["runs"]] == [training["run_id"]] * 2
     artifacts = [a.path for a in client.list_artifacts(compared["comparison_run_id"], "compare")]
     assert "compare/compare.png" in artifacts and "compare/table.md" in artifacts
+    shown = [a.path for a in client.list_artifacts(training["run_id"], f"compare/{compared['comparison_run_id']}")]
+    assert shown == [f"compare/{compared['comparison_run_id']}/compare.png"]

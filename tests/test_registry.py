@@ -26,17 +26,33 @@ def _version(client, experiment, tmp_path, **metrics):
 
 
 def test_best_alias_follows_the_metric_in_its_direction(store, tmp_path):
-    from vqct.tracking.registry import promote_if_best, resolve_model_uri
+    from vqct.tracking.registry import describe_promotion, promote_if_best, resolve_model_uri
 
     uri, client, experiment = store
     first = _version(client, experiment, tmp_path, psnr=20.0, l1=0.10)
     second = _version(client, experiment, tmp_path, psnr=19.0, l1=0.05)
-    assert promote_if_best(uri, first, "toy", "psnr")["best"] is True
-    assert promote_if_best(uri, second, "toy", "psnr") == {"registered": True, "version": "2", "best": False,
-                                                           "metric": "psnr", "best_version": "1"}
+    moved = promote_if_best(uri, first, "toy", "psnr")
+    assert moved == {"registered": True, "version": "1", "metric": "psnr", "best": True, "moved": True,
+                     "best_version": "1", "moved_from": None}
+    assert describe_promotion("toy", moved) == "registry: best moved to toy version 1 from no version (by psnr)"
+    kept = promote_if_best(uri, second, "toy", "psnr")
+    assert kept == {"registered": True, "version": "2", "metric": "psnr", "best": False, "moved": False,
+                    "best_version": "1"}
+    assert describe_promotion("toy", kept) == ("registry: best stays on toy version 1 (version 2 is not better "
+                                               "on psnr)")
     assert str(client.get_model_version_by_alias("toy", "best").version) == "1"
-    assert promote_if_best(uri, second, "toy", "l1")["best"] is True  # lower L1 is better
+    off = promote_if_best(uri, second, "toy", "l1", promote=False)  # lower L1 is better, but promotion is off
+    assert off["would_move"] is True and off["best"] is False and off["promotion"] == "off"
+    assert describe_promotion("toy", off) == "registry: promotion off; best stays on version 1 (l1 would move it " \
+                                             "to version 2)"
+    assert str(client.get_model_version_by_alias("toy", "best").version) == "1"
+    moved = promote_if_best(uri, second, "toy", "l1")
+    assert moved["moved"] is True and moved["moved_from"] == "1"
+    assert describe_promotion("toy", moved) == "registry: best moved to toy version 2 from version 1 (by l1)"
     assert str(client.get_model_version_by_alias("toy", "best").version) == "2"
+    again = promote_if_best(uri, second, "toy", "l1")
+    assert again["best"] is True and again["moved"] is False
+    assert describe_promotion("toy", again) == "registry: best stays on toy version 2 (already this run's version)"
     assert resolve_model_uri("models:/toy@best", uri) == str(tmp_path / second)
     assert resolve_model_uri("models:/toy/1", uri) == str(tmp_path / first)
     assert resolve_model_uri("models:/toy@latest", uri) == str(tmp_path / second)  # the newest version

@@ -2,6 +2,7 @@
 
 import socket
 
+from conftest import REPO
 from vqct.config import load_recipe
 from vqct.tracking.metric_logger import MetricLogger
 from vqct.tracking.mlflow_run import absolute_uri, open_run, sqlite_artifact_root
@@ -23,6 +24,8 @@ def test_open_run_logs_params_tags_and_config(tmp_path):
     local = client.download_artifacts(run_id, "config/resolved.yaml", str(tmp_path))
     text = open(local).read()
     assert "max_steps: 7" in text
+    recipe = client.download_artifacts(run_id, "config/recipe/vqgan_shapes.yaml", str(tmp_path))
+    assert open(recipe).read() == (REPO / "recipes" / "vqgan_shapes.yaml").read_text()  # as written
     assert open_run(cfg, "unit-run", resume_run_id=run_id) == run_id
     assert client.get_run(run_id).data.tags["vqct.resumed"] == "true"
 
@@ -38,3 +41,47 @@ def test_metric_logger_survives_a_dead_server(monkeypatch, capsys):
     logger.log({"loss": 0.9}, step=2)
     assert logger.failing and len(logger.buffer) == 3  # kept for the next successful write
     assert capsys.readouterr().err.count("MLflow logging failed") == 1  # warned once per outage
+
+
+def test_shard_sets_are_the_runs_datasets_with_counts_and_a_digest_of_the_list(tmp_path):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from vqct.tracking.datasets import log_shard_sets
+
+    shards = tmp_path / "train"
+    shards.mkdir()
+    names = [f"part-{i:03d}.tar" for i in range(3)]
+    (shards / "manifest.json").write_text(json.dumps({"shards": [{"name": n, "samples": 10 + i}
+                                                                 for i, n in enumerate(names)]}))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("d")).info.run_id
+    train = [str(shards / n) for n in names]
+    log_shard_sets(uri, run_id, "toy", train, ["https://example.org/val/{000..001}.tar"])
+    inputs = {d.tags[0].value: d.dataset for d in client.get_run(run_id).inputs.dataset_inputs}
+    assert set(inputs) == {"train", "validation"}
+    assert inputs["train"].name == "toy-train" and json.loads(inputs["train"].source) == {"uri": str(shards)}
+    assert json.loads(inputs["train"].profile) == {"shards": 3, "samples": 33, "shards_with_known_count": 3}
+    assert inputs["validation"].source_type == "http"
+    assert json.loads(inputs["validation"].profile)["samples"] is None  # no manifest says
+    digest = inputs["train"].digest
+    other = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
+    log_shard_sets(uri, other, "toy", train[:2], ["https://example.org/val/{000..001}.tar"])
+    assert {d.dataset.digest for d in client.get_run(other).inputs.dataset_inputs if d.tags[0].value == "train"} \
+        != {digest}  # another shard list, another digest
+
+
+def test_system_metrics_log_at_least_one_sample_however_short_the_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from vqct.tracking.system_metrics import start_system_metrics
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("s")).info.run_id
+    start_system_metrics(uri, run_id, interval_s=3600, resumed=False).stop()  # stopped long before an interval
+    metrics = client.get_run(run_id).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics)
+    assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100

@@ -126,7 +126,7 @@ def _cmd_eval(args: argparse.Namespace) -> dict:
     if args.batch_size <= 0 or (args.max_samples is not None and args.max_samples <= 0):
         raise UserError("--batch-size and --max-samples must be positive numbers")
     return evaluate(args.target, args.data, args.batch_size, args.max_samples, args.inception_weights,
-                    args.tracking_uri, args.best_metric)
+                    args.tracking_uri, args.best_metric, not args.no_promote)
 
 
 def _cmd_bench_step(args: argparse.Namespace) -> dict:
@@ -285,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "or sqlite:///mlflow.db)")
     evaluate.add_argument("--best-metric", default="psnr", help="the result that moves the recipe's `best` "
                           "alias in the model registry (lower is better for l1, rfid and the MSEs)")
+    evaluate.add_argument("--no-promote", action="store_true", help="leave the `best` alias where it is "
+                          "(the result still says whether this run would take it)")
     evaluate.set_defaults(func=_cmd_eval)
 
     bench = sub.add_parser("bench", help="benchmarks (ratios against a baseline measured in the same run)")

@@ -42,7 +42,8 @@ def recipes_dir() -> Path:
     return repo if repo.is_dir() else Path.cwd() / "recipes"
 
 
-def _locate(recipe: str) -> Path:
+def locate_recipe(recipe: str) -> Path:
+    """The recipe file a name (or path) stands for; a UserError listing the known ones if none."""
     path = Path(recipe)
     candidates = [path, recipes_dir() / recipe, recipes_dir() / f"{recipe}.yaml"]
     for candidate in candidates:
@@ -128,7 +129,7 @@ def _with_defaults(composed):
 
 def load_recipe(recipe: str, overrides: Iterable[str] = ()) -> Config:
     """Compose RECIPE with OVERRIDES into the typed, checked Config."""
-    path = _locate(recipe)
+    path = locate_recipe(recipe)
     composed = _compose(path, list(overrides))
     missing = _missing_keys(OmegaConf.to_container(composed, resolve=False))
     if missing:  # `???` in a recipe: a value the user must give (merging would hide it)

@@ -268,6 +268,12 @@ class TrainerConfig:
 class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "vqct"
+    system_metrics: bool = True  # MLflow's CPU, memory, disk, network (and GPU) metrics, from rank 0's node
+    system_metrics_interval_s: float = 10.0
+
+    def check(self) -> None:
+        if self.system_metrics_interval_s <= 0:
+            raise UserError(f"tracking.system_metrics_interval_s={self.system_metrics_interval_s} must be positive")
 
 
 @dataclass
@@ -293,7 +299,7 @@ class Config:
     def check(self) -> None:
         """Every section's own checks, then the ones that span sections."""
         for section in (self.data, self.model, self.quantizer, self.align.lgvq, self.loss, self.optim,
-                        self.trainer):
+                        self.trainer, self.tracking):
             section.check()
         factor = self.model.downsampling
         if self.data.image_size % factor:

@@ -180,8 +180,9 @@ def _log_to_mlflow(target: Target, results: dict) -> str | None:
 
 def evaluate(target: str, data, batch_size: int = 64, max_samples: int | None = None,
              inception_weights: str | None = None, tracking_uri: str | None = None,
-             best_metric: str = "psnr") -> dict:
-    """BEST_METRIC: the result that decides the registry's `best` alias for the recipe."""
+             best_metric: str = "psnr", promote: bool = True) -> dict:
+    """BEST_METRIC: the result that decides the registry's `best` alias for the recipe;
+    PROMOTE=False leaves the alias where it is (and says where it would go)."""
     from tqdm import tqdm
 
     from vqct.data.loader import ImageCaptionStream, Loader
@@ -215,7 +216,8 @@ def evaluate(target: str, data, batch_size: int = 64, max_samples: int | None = 
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     elif resolved.run_id:
-        from vqct.tracking.registry import promote_if_best
+        from vqct.tracking.registry import describe_promotion, promote_if_best
 
-        results["registry"] = promote_if_best(resolved.tracking_uri, resolved.run_id, cfg.recipe, best_metric)
+        results["registry"] = promote_if_best(resolved.tracking_uri, resolved.run_id, cfg.recipe, best_metric, promote)
+        print(describe_promotion(cfg.recipe, results["registry"]), file=sys.stderr)
     return results

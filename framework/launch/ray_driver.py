@@ -23,6 +23,7 @@ from vqct.records.checkpoint_integrity import choose_checkpoint
 from vqct.records.run_record import take_stop, write_run
 from vqct.tracking.mlflow_run import (absolute_uri, close_run, log_config_copy, log_start_metrics, open_run,
                                       tag_checkpoint, worker_env)
+from vqct.tracking.datasets import log_shard_sets
 from vqct.tracking.registry import register_run
 from vqct.train.spec import RunSummary, WorkerSpec
 
@@ -137,6 +138,7 @@ def _fit(spec: WorkerSpec, storage: Path, previous: dict | None, missing_shards:
     if not previous:  # once per run: step 0 has one value
         log_start_metrics(uri, run_id, {"data/missing_shards": missing_shards, "data/empty_shards": empty_shards,
                                         "data/train_shards": len(spec.train_urls)})
+        log_shard_sets(uri, run_id, cfg.recipe, spec.train_urls, spec.val_urls)
     print(f"run {run_name}: MLflow run {run_id} at {uri}", file=sys.stderr)
     take_stop(storage / run_name)  # a stop left by an earlier attempt is history now
     spec = dataclasses.replace(spec, mlflow_run_id=run_id)

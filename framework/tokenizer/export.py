@@ -22,7 +22,7 @@ from vqct.tokenizer.load import load_tokenizer
 def export_tokens(checkpoint: str, data, out: str, batch_size: int = 64, per_file: int = 10000) -> dict:
     from tqdm import tqdm
 
-    model, cfg = load_tokenizer(checkpoint)
+    model, cfg = load_tokenizer(checkpoint, heads=False)  # tokens need no text model
     urls = resolve_shards(data, "--data")
     stream = ImageCaptionStream(urls, image_size=cfg.data.image_size, shuffle_buffer=0, epochs=1)
     loader = Loader(stream, batch_size=batch_size, num_workers=0)

@@ -16,7 +16,7 @@ from vqct.config.typed import config_from_dict
 from vqct.errors import UserError
 from vqct.records.checkpoint_integrity import STATE_FILE, DamagedCheckpoint, read_state
 from vqct.records.deepspeed_files import TAG, trusted_loading
-from vqct.tokenizer.model import VQTokenizer, build_tokenizer
+from vqct.tokenizer.model import VQTokenizer, build_quantizer, build_tokenizer
 
 
 def checkpoint_config(checkpoint: str | Path) -> tuple[Config, dict]:
@@ -35,10 +35,11 @@ def checkpoint_config(checkpoint: str | Path) -> tuple[Config, dict]:
 
 
 def load_tokenizer(checkpoint: str | Path, device: str | torch.device = "cpu",
-                   text_encoder=None) -> tuple[VQTokenizer, Config]:
+                   text_encoder=None, heads: bool = True) -> tuple[VQTokenizer, Config]:
     """CHECKPOINT: a checkpoint directory (vqct.load_tokenizer also takes models:/ URIs).
     Returns (the tokenizer in eval mode, the run's config). TEXT_ENCODER: reuse one the
-    caller already loaded for this run's text model instead of loading it again."""
+    caller already loaded for this run's text model instead of loading it again. HEADS=False:
+    without the alignment heads (what encoding and decoding need), so no text model loads."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     checkpoint = Path(checkpoint)
@@ -48,12 +49,17 @@ def load_tokenizer(checkpoint: str | Path, device: str | torch.device = "cpu",
         from vqct.text.priors import load_priors
 
         priors = load_priors(state["priors_dir"])
-    if text_encoder is None and cfg.align.enabled:
-        from vqct.text.encoders import TextEncoder
+    if heads:
+        if text_encoder is None and cfg.align.enabled:
+            from vqct.text.encoders import TextEncoder
 
-        text_encoder = TextEncoder(cfg.text.model, cfg.align.context_length)
-    model = build_tokenizer(cfg, priors, text_encoder)
+            text_encoder = TextEncoder(cfg.text.model, cfg.align.context_length)
+        model = build_tokenizer(cfg, priors, text_encoder)
+    else:
+        model = VQTokenizer(cfg.model, build_quantizer(cfg.quantizer, cfg.model.embed_dim, priors), cfg.data.image_size)
     with trusted_loading():
         weights = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint / "generator"), tag=TAG)
+    if not heads:
+        weights = {k: v for k, v in weights.items() if not k.startswith("align.")}
     model.load_state_dict(weights)
     return model.eval().to(device), cfg

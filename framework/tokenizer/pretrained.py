@@ -92,11 +92,28 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     return model.eval().to(device), cfg
 
 
+def images_from_array(images, image_size: int) -> torch.Tensor:
+    """What a tokenizer encodes, from either documented input: float (B, 3, S, S) in [-1, 1],
+    or uint8 (B, S, S, 3) as image libraries hold pictures (scaled to [-1, 1] here)."""
+    tensor = torch.as_tensor(images)
+    if tensor.dtype == torch.uint8 and tensor.ndim == 4 and tensor.shape[-1] == 3:
+        tensor = tensor.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    elif tensor.is_floating_point() and tensor.ndim == 4 and tensor.shape[1] == 3:
+        tensor = tensor.float()
+    else:
+        raise UserError(f"images of dtype {tensor.dtype} and shape {tuple(tensor.shape)}: give float "
+                        f"(B, 3, {image_size}, {image_size}) in [-1, 1] or uint8 (B, {image_size}, {image_size}, 3)")
+    if tuple(tensor.shape[2:]) != (image_size, image_size):
+        raise UserError(f"images of {tensor.shape[2]}x{tensor.shape[3]} pixels: this tokenizer encodes "
+                        f"{image_size}x{image_size}; resize them first")
+    return tensor.contiguous()
+
+
 def export(checkpoint: str, out: str) -> dict:
     """`vqct export`: a training checkpoint directory -> a tokenizer directory."""
     from vqct.tokenizer.load import load_tokenizer
 
-    model, cfg = load_tokenizer(checkpoint)
+    model, cfg = load_tokenizer(checkpoint, heads=False)
     directory = save_pretrained(model, cfg, out)
     return {"out": str(directory), "checkpoint": str(checkpoint), "recipe": cfg.recipe,
             **tokenizer_card(model, cfg), "files": sorted(p.name for p in directory.iterdir())}

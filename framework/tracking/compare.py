@@ -95,6 +95,11 @@ def compare_runs(targets: list[str], uri: str | None, metric: str, out: str | No
     client.log_artifact(run_id, str(png), "compare")
     client.log_text(run_id, table, "compare/table.md")
     client.set_terminated(run_id)
+    for compared in {r.info.run_id for r in runs}:  # each compared run shows the comparison too
+        try:
+            client.log_artifact(compared, str(png), f"compare/{run_id}")
+        except Exception as exc:
+            print(f"warning: could not log the comparison to run {compared}: {type(exc).__name__}", file=sys.stderr)
     rows = [{"recipe": r.data.tags.get("recipe"), "run_id": r.info.run_id, "run_name": r.info.run_name,
              **{k: r.data.metrics.get(k) for k, _ in RUN_COLUMNS}} for r in runs]
     return {"runs": rows, "png": str(png), "comparison_run_id": run_id, "tracking_uri": uri}

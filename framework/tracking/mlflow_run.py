@@ -79,7 +79,19 @@ def open_run(cfg: Config, run_name: str, resume_run_id: str | None = None) -> st
     for start in range(0, len(params), 100):  # log_batch takes at most 100 params a call
         client.log_batch(run_id, params=params[start:start + 100])
     client.log_text(run_id, to_yaml(cfg), "config/resolved.yaml")
+    _log_recipe_file(client, run_id, cfg.recipe)
     return run_id
+
+
+def _log_recipe_file(client, run_id: str, recipe: str) -> None:
+    """The recipe as written (config/recipe/<name>.yaml), beside the resolved config."""
+    from vqct.config.compose import locate_recipe
+    from vqct.errors import UserError
+
+    try:
+        client.log_artifact(run_id, str(locate_recipe(recipe)), "config/recipe")
+    except UserError:
+        print(f"warning: recipe file of {recipe} not found; only the resolved config is logged", file=sys.stderr)
 
 
 def close_run(uri: str, run_id: str, status: str) -> None:

@@ -272,11 +272,11 @@ class Worker:
         return {f"val/{k}": v for k, v in results.items()}
 
     def _log_grid(self, images: torch.Tensor, recon: torch.Tensor, name: str) -> None:
-        from torchvision.utils import save_image
+        from vqct.eval.grid import reconstruction_grid
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(name).name
-            save_image(torch.cat([to_unit(images), to_unit(recon)]), path, nrow=images.shape[0])
+            reconstruction_grid(to_unit(images), to_unit(recon)).save(path)
             self.logger.log_artifact(path, str(Path(name).parent))
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -287,6 +287,12 @@ class Worker:
         train_loader = make_loader(spec.train_urls, cfg.data, cfg.seed, train=True, start_epoch=self.state.step)
         val_loader = make_loader(spec.val_urls, cfg.data, cfg.seed, train=False)
         progress = Progress(self.state.step, cfg.trainer.max_steps) if self.rank == 0 else None
+        system = None
+        if self.rank == 0 and cfg.tracking.system_metrics:
+            from vqct.tracking.system_metrics import start_system_metrics
+
+            system = start_system_metrics(cfg.tracking.uri, spec.mlflow_run_id, cfg.tracking.system_metrics_interval_s,
+                                          resumed=self.state.step > 0)
         try:
             self._train(train_loader, val_loader, progress)
         except RunStopped as exc:
@@ -298,6 +304,8 @@ class Worker:
         finally:
             if progress:
                 progress.close()
+            if system:
+                system.stop()
             if self.logger:
                 self.logger.flush()
 

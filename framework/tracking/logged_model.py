@@ -1,0 +1,111 @@
+"""A tokenizer directory as an MLflow model (pyfunc flavor): what a registry version holds.
+
+`mlflow.pyfunc.load_model("models:/<recipe>@best")` gives a model whose `predict` maps
+images to code indices:
+- input: float32 (B, 3, S, S) in [-1, 1], the model's signature (MLflow checks it). The
+  Python model itself (`loaded.unwrap_python_model().predict(None, images)`) also takes
+  uint8 (B, S, S, 3), as image libraries hold pictures; MLflow's check would refuse those.
+- output: int64 indices, (B, h, w) for vq, (B, h, w, topk + 1) for vqct.
+`loaded.unwrap_python_model().decode(indices)` maps indices back to float32 (B, 3, S, S)
+images in [-1, 1].
+
+The model carries the vqct code it needs (`code/vqct`) and pins only torch, safetensors,
+numpy, omegaconf and mlflow: loading it needs neither DeepSpeed, Ray nor the text model,
+nor the run's checkpoint directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import torch
+
+TOKENIZER_ARTIFACT = "tokenizer"  # the tokenizer directory's key among the model's artifacts
+MODEL_NAME = "tokenizer"  # the logged model's name in its run
+_REQUIREMENTS = ("torch", "safetensors", "numpy", "omegaconf", "mlflow")
+
+
+class TokenizerModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from vqct.tokenizer.pretrained import from_pretrained
+
+        self.tokenizer, self.config = from_pretrained(context.artifacts[TOKENIZER_ARTIFACT])
+
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
+        from vqct.tokenizer.pretrained import images_from_array
+
+        images = images_from_array(model_input, self.config.data.image_size)
+        return self.tokenizer.tokenize(images).numpy()
+
+    @torch.no_grad()
+    def decode(self, indices) -> np.ndarray:
+        return self.tokenizer.detokenize(torch.as_tensor(indices).long()).numpy()
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    # The local part (+cu128) names a wheel index, not a version pip can resolve elsewhere.
+    return [f"{name}=={version(name).split('+')[0]}" for name in _REQUIREMENTS]
+
+
+def _package_code(into: Path) -> Path:
+    """vqct's own package as one importable directory (the source tree maps `kernels/` in)."""
+    import vqct.kernels as kernels
+
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    package = into / "vqct"
+    shutil.copytree(Path(__file__).resolve().parents[1], package, ignore=ignore)  # vqct/ (framework/)
+    if not (package / "kernels").exists():
+        shutil.copytree(Path(kernels.__file__).parent, package / "kernels", ignore=ignore)
+    return package
+
+
+# MLflow's "models from code": the model is this file's object, not a pickle, so loading runs
+# no unpickling and does not depend on the Python version that logged it.
+_MODEL_FILE = """from mlflow.models import set_model
+from vqct.tracking.logged_model import TokenizerModel
+set_model(TokenizerModel())
+"""
+
+
+@contextmanager
+def tracking_store(uri: str):
+    """MLflow's fluent API (log_model, download_artifacts) on URI for a while; the process's
+    own tracking and registry URIs are back afterwards."""
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+
+
+def log_tokenizer_model(uri: str, run_id: str, tokenizer_dir: Path, image_size: int) -> str:
+    """Log TOKENIZER_DIR as RUN_ID's pyfunc model in the store at URI; returns its model id
+    (`models:/<id>`)."""
+    from mlflow.models import infer_signature
+
+    example = np.zeros((2, 3, image_size, image_size), dtype=np.float32)
+    model = TokenizerModel()
+    model.load_context(type("Context", (), {"artifacts": {TOKENIZER_ARTIFACT: str(tokenizer_dir)}}))
+    signature = infer_signature(example, model.predict(None, example))
+    client = mlflow.MlflowClient(uri)
+    logged = client.create_logged_model(client.get_run(run_id).info.experiment_id, name=MODEL_NAME,
+                                        source_run_id=run_id, model_type="vqct-tokenizer")
+    with tempfile.TemporaryDirectory() as code_root:
+        model_file = Path(code_root) / "tokenizer_model.py"
+        model_file.write_text(_MODEL_FILE)
+        with tracking_store(uri), mlflow.start_run(run_id=run_id, log_system_metrics=False):
+            mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=str(model_file), model_id=logged.model_id,
+                                    artifacts={TOKENIZER_ARTIFACT: str(tokenizer_dir)},
+                                    code_paths=[str(_package_code(Path(code_root)))],
+                                    signature=signature, input_example=example, pip_requirements=_requirements())
+    return logged.model_id
