@@ -67,3 +67,19 @@ def test_unknown_models_are_user_errors(store):
         resolve_model_uri("models:/toy@nope", uri)
     with pytest.raises(UserError, match="give models:/"):
         resolve_model_uri("models:toy", uri)
+
+
+def test_a_registry_failure_is_one_warning_and_the_run_stays_finished(store, tmp_path, capsys):
+    from vqct.config import load_recipe
+    from vqct.tracking.registry import register_run
+
+    uri, client, experiment = store
+    run_id = client.create_run(experiment).info.run_id
+    client.set_terminated(run_id, "FINISHED")
+    damaged = tmp_path / "checkpoint_gone"  # e.g. storage the driver cannot read
+    assert register_run(uri, run_id, load_recipe("vqgan_shapes"), str(damaged)) is None
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"warning: could not register run {run_id} in the model registry")
+    assert f"the run stays FINISHED and its checkpoint is {damaged}" in lines[0]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert client.search_model_versions("name='vqgan_shapes'") == []
