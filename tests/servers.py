@@ -58,7 +58,7 @@ def start_mlflow_server(root: Path, port: int, env: dict | None = None) -> tuple
                             env=dict(env or os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a safety net: a loaded machine starts it slowly
     while True:
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
@@ -82,7 +82,7 @@ def start_ray_head(temp_dir: str, port: int | None = None) -> tuple[subprocess.P
          "--num-cpus=2", "--include-dashboard=false", "--object-store-memory=268435456",
          "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 60
+    deadline = time.time() + 600  # a safety net: a loaded machine starts it slowly
     while time.time() < deadline:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:

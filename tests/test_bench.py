@@ -24,6 +24,29 @@ def test_bench_step_zero1_prints_both_precisions_and_ratios(tmp_path):
     assert 0 < fp32["rec_l1"] < 2 and 0 < bf16["rec_l1"] < 2
 
 
+@pytest.mark.e2e
+def test_bench_step_against_the_plain_loop_prints_the_ratio_and_flops(tmp_path):
+    proc = subprocess.run(vqct_cmd() + ["bench", "step", "vqgan_shapes", "data.batch_size=4", "--baseline", "plain",
+                                        "--steps", "2", "--warmup", "1"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    vqct = result["results"]["fp32"]
+    assert result["baseline"] == "plain" and list(result["results"]) == ["fp32"]
+    # the two steps start from the same weights and see the same batch
+    assert vqct["first_rec_l1"]["vqct"] == pytest.approx(vqct["first_rec_l1"]["plain"], abs=1e-5)
+    assert vqct["ratio_vs_plain"] == pytest.approx(vqct["step_ms"] / vqct["plain"]["step_ms"], abs=2e-3)
+    assert vqct["flops_per_step"] > 1e8  # forward and backward of both models, by torch's counter
+    assert vqct["achieved_tflops"] == pytest.approx(vqct["flops_per_step"] / vqct["step_ms"] / 1e9, rel=0.01)
+
+
+def test_bench_plain_baseline_is_fp32_only():
+    proc = subprocess.run(vqct_cmd() + ["bench", "step", "--baseline", "plain", "--precisions", "bf16"],
+                          capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 2 and "give --precisions fp32" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_bench_rejects_unknown_precision():
     proc = subprocess.run(vqct_cmd() + ["bench", "step", "--precisions", "fp8"], capture_output=True,
                           text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))

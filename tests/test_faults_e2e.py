@@ -56,11 +56,11 @@ def _intact_steps(run_dir: Path) -> dict[int, Path]:
     return steps
 
 
-def _wait_for_checkpoint(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
+def _wait_for_checkpoint(run_dir: Path, step: int, proc: subprocess.Popen) -> None:
+    """Waits for a state, not for a time: a busy machine only makes it slower. A run that
+    hangs meets pytest-timeout's limit, which dumps every thread."""
     while not any(s >= step for s in _intact_steps(run_dir)):
         assert proc.poll() is None, "training ended before the fault could be injected"
-        assert time.time() < deadline, f"no checkpoint at step {step} after {timeout} s"
         time.sleep(0.2)
 
 
@@ -110,8 +110,8 @@ def _interrupt(tmp_path, args, run_dir: Path, signum: int) -> str:
         family = psutil.Process(proc.pid).children(recursive=True)
         assert family  # Ray's processes, started by this driver
         proc.send_signal(signum)
-        proc.communicate(timeout=120)
-        gone, alive = psutil.wait_procs(family, timeout=30)
+        proc.communicate(timeout=600)
+        gone, alive = psutil.wait_procs(family, timeout=300)  # a loaded machine reaps slowly
     finally:
         _kill_group(proc)
     log = (tmp_path / "train.log").read_text()
@@ -129,6 +129,7 @@ def test_ctrl_c_stops_cleanly(tmp_path, shapes_dir):
     _interrupt(tmp_path, args, tmp_path / "runs" / "ctrlc", signal.SIGINT)
 
 
+@pytest.mark.timeout(1800)  # two trainings and a Ray start each: generous for a loaded machine
 def test_sigterm_stops_cleanly_and_resume_passes_over_a_damaged_checkpoint(tmp_path, shapes_dir):
     from mlflow.tracking import MlflowClient
 
@@ -208,6 +209,7 @@ def test_diverging_numerics_stop_the_run_once_with_the_term_and_step(tmp_path, s
     assert run.info.status == "FAILED" and run.data.metrics["numerics/skipped_batches"] == 3
 
 
+@pytest.mark.timeout(1800)  # two trainings and two Ray heads
 def test_a_lost_ray_head_fails_the_run_clearly_and_it_resumes_on_a_new_cluster(tmp_path, shapes_dir):
     from mlflow.tracking import MlflowClient
 

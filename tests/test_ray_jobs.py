@@ -40,7 +40,7 @@ def job_server():
          f"--temp-dir={temp_dir}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=_env())
     address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a safety net: a loaded machine starts it slowly
     from ray.job_submission import JobSubmissionClient
 
     while True:

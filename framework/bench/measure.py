@@ -31,6 +31,20 @@ def device_name(device: torch.device) -> str:
     return platform.machine()
 
 
+# Dense peak FLOP/s of the GPUs this project is measured on (NVIDIA's data sheets, SXM parts):
+# bf16 on the tensor cores, fp32 without them.
+_PEAK_FLOPS = {"H100": {"bf16": 989e12, "fp32": 67e12}, "H200": {"bf16": 989e12, "fp32": 67e12},
+               "A100": {"bf16": 312e12, "fp32": 19.5e12}}
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """The device's peak for PRECISION, or None (CPUs, and GPUs not in the table)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peaks.get(precision) for key, peaks in _PEAK_FLOPS.items() if key in name), None)
+
+
 def _status_bytes(key: str) -> int | None:
     try:
         with open("/proc/self/status") as f:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import random
+import statistics
 import sys
 import time
 
 import torch
 
-from vqct.bench.measure import device_name
+from vqct.bench.measure import device_name, peak_flops
 from vqct.config.schema import Config, VQCTConfig
 
 
@@ -40,48 +41,110 @@ def _init_single_process(use_gpu: bool) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
 
 
-def _measure(cfg: Config, images: torch.Tensor, steps: int, warmup: int, priors: dict | None) -> dict:
+def _build(cfg: Config, priors: dict | None):
+    """The tokenizer and discriminator, initialised from the config's seed (the same weights
+    every time it is called)."""
     from vqct.models.discriminator import PatchDiscriminator
     from vqct.tokenizer import build_tokenizer
+
+    torch.manual_seed(cfg.seed)
+    return (build_tokenizer(cfg, priors),
+            PatchDiscriminator(cfg.model.in_channels, cfg.loss.disc_channels, cfg.loss.disc_layers))
+
+
+def _vqct_step(cfg: Config, images: torch.Tensor, priors: dict | None):
+    """vqct's micro-step on its DeepSpeed engines: (step callable, engines, batch on the device)."""
     from vqct.train.engines import build_engines, compute_dtype
     from vqct.train.step import LossWeights, train_micro_step
 
-    torch.manual_seed(cfg.seed)
-    gen, disc = build_engines(
-        build_tokenizer(cfg, priors),
-        PatchDiscriminator(cfg.model.in_channels, cfg.loss.disc_channels, cfg.loss.disc_layers),
-        cfg.trainer, cfg.optim, cfg.data.batch_size,
-    )
-    device = gen.device
-    batch = images.to(device).to(compute_dtype(cfg.trainer))
+    gen, disc = build_engines(*_build(cfg, priors), cfg.trainer, cfg.optim, cfg.data.batch_size)
+    batch = images.to(gen.device).to(compute_dtype(cfg.trainer))
     weights = LossWeights.from_config(cfg.loss)
+    return (lambda: train_micro_step(gen, disc, None, batch, cfg.loss.disc_start, weights)[0]), gen
+
+
+def _time_interleaved(steps: dict, count: int, warmup: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per call of each callable, the calls alternating so that every one
+    sees the same machine (load, clocks, caches) over the run."""
+    cuda = device.type == "cuda"
+    for _ in range(warmup):
+        for fn in steps.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(count):
+        for name, fn in steps.items():
+            if cuda:
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _step_flops(step, device: torch.device) -> int:
+    """FLOPs of one call of STEP (forward and backward of both models), by torch's counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return counter.get_total_flops()
+
+
+def _figures(seconds: float, batch: int, flops: int, device: torch.device, precision: str) -> dict:
+    out = {"step_ms": round(seconds * 1000, 2), "images_per_s": round(batch / seconds, 1),
+           "achieved_tflops": round(flops / seconds / 1e12, 4)}
+    peak = peak_flops(device, precision)
+    if peak:
+        out["fraction_of_peak"] = round(flops / seconds / peak, 4)
+    return out
+
+
+def _measure(cfg: Config, images: torch.Tensor, steps: int, warmup: int, priors: dict | None,
+             plain: bool) -> dict:
+    from vqct.bench.plain_step import PlainStep
+
+    vqct_step, gen = _vqct_step(cfg, images, priors)
+    device = gen.device
+    calls = {"vqct": vqct_step}
+    if plain:
+        plain_gen, plain_disc = (m.to(device) for m in _build(cfg, priors))
+        plain_step = PlainStep(plain_gen, plain_disc, cfg)
+        batch = images.to(device)
+        calls["plain"] = lambda: plain_step(batch)
+    # Same weights, same batch: the first call of each gives the same reconstruction loss.
+    first = {name: round(float(fn()["loss/rec_l1"]), 6) for name, fn in calls.items()}
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(warmup):
-        train_micro_step(gen, disc, None, batch, cfg.loss.disc_start, weights)
-    if cuda:
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        metrics, _ = train_micro_step(gen, disc, None, batch, cfg.loss.disc_start, weights)
-    if cuda:
-        torch.cuda.synchronize(device)
-    seconds = (time.perf_counter() - start) / steps
-    result = {"codebook_size": sum(gen.module.quantizer.groups.values()), "step_ms": round(seconds * 1000, 2), "images_per_s": round(images.shape[0] / seconds, 1),
-              "rec_l1": round(metrics["loss/rec_l1"], 4)}
+    seconds = _time_interleaved(calls, steps, warmup, device)
+    flops = _step_flops(calls["plain"] if plain else vqct_step, device)
+    result = {"codebook_size": sum(gen.module.quantizer.groups.values()), "flops_per_step": flops,
+              **_figures(seconds["vqct"], images.shape[0], flops, device, cfg.trainer.precision),
+              "first_rec_l1": first, "rec_l1": round(float(vqct_step()["loss/rec_l1"]), 4)}
+    if plain:
+        result["plain"] = _figures(seconds["plain"], images.shape[0], flops, device, cfg.trainer.precision)
+        result["ratio_vs_plain"] = round(seconds["vqct"] / seconds["plain"], 3)
     if cuda:
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    del gen, disc
     return result
 
 
 def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: int, warmup: int,
-               priors_dir: str | None = None) -> dict:
+               priors_dir: str | None = None, baseline: str = "precision") -> dict:
+    """BASELINE: "precision" (each precision against the first) or "plain" (vqct's step against
+    the plain taming-form loop of plain_step.py, fp32, interleaved in the same run)."""
     from vqct.config import load_recipe
     from vqct.errors import UserError
     from vqct.text.priors import load_priors
 
+    if baseline not in ("precision", "plain"):
+        raise UserError(f"--baseline {baseline}: give precision or plain")
+    if baseline == "plain" and precisions != ["fp32"]:
+        raise UserError("--baseline plain measures fp32 (the plain loop has no mixed precision): "
+                        "give --precisions fp32")
     priors = load_priors(priors_dir) if priors_dir else None
     results, cfg = {}, None
     for precision in precisions:
@@ -101,7 +164,7 @@ def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: 
             _init_single_process(use_gpu)
             images = _images(cfg.data.batch_size, cfg.data.image_size, cfg.seed)
         print(f"bench step: {precision} ...", file=sys.stderr)
-        results[precision] = _measure(cfg, images, steps, warmup, priors)
+        results[precision] = _measure(cfg, images, steps, warmup, priors, baseline == "plain")
     import torch.distributed as dist
 
     dist.destroy_process_group()
@@ -120,6 +183,7 @@ def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: 
         "codebook_size": codebook_size,
         "zero_stage": cfg.trainer.zero_stage,
         "steps": steps,
+        "baseline": baseline,
         "torch": torch.__version__,
         "results": results,
     }

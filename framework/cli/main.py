@@ -132,12 +132,13 @@ def _cmd_eval(args: argparse.Namespace) -> dict:
 def _cmd_bench_step(args: argparse.Namespace) -> dict:
     from vqct.bench.train_step import bench_step
 
-    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    given = args.precisions or ("fp32" if args.baseline == "plain" else "fp32,bf16")
+    precisions = [p.strip() for p in given.split(",") if p.strip()]
     if not precisions or any(p not in ("fp32", "bf16") for p in precisions):
         raise UserError("--precisions takes a comma-separated list of fp32 and bf16")
     if args.steps <= 0 or args.warmup < 0:
         raise UserError("--steps must be positive and --warmup not negative")
-    return bench_step(args.recipe, args.overrides, precisions, args.steps, args.warmup, args.priors)
+    return bench_step(args.recipe, args.overrides, precisions, args.steps, args.warmup, args.priors, args.baseline)
 
 
 def _cmd_bench_lookup(args: argparse.Namespace) -> dict:
@@ -294,7 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     step = bench_sub.add_parser("step", help="training-step throughput per precision, one process")
     step.add_argument("recipe", nargs="?", default="vqgan_shapes")
     step.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=paper data.image_size=256")
-    step.add_argument("--precisions", default="fp32,bf16", help="first one is the baseline")
+    step.add_argument("--precisions", help="comma-separated, the first one is the baseline (default fp32,bf16; "
+                      "fp32 with --baseline plain)")
+    step.add_argument("--baseline", choices=["precision", "plain"], default="precision",
+                      help="plain: vqct's step against a plain taming-form PyTorch loop of the same modules, "
+                      "interleaved in this run")
     step.add_argument("--steps", type=int, default=20)
     step.add_argument("--warmup", type=int, default=3)
     step.add_argument("--priors", help="priors cache directory, for vqct recipes")
