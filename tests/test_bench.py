@@ -96,3 +96,38 @@ def test_bench_step_refuses_alignment_recipes_with_a_fix():
     proc = subprocess.run(vqct_cmd() + ["bench", "step", "lgvq_shapes"], capture_output=True, text=True,
                           timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 2 and "align.lgvq.enabled=false" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_data_times_raw_and_resized_shards_of_the_same_images(tmp_path):
+    import tarfile
+    from io import BytesIO
+
+    from PIL import Image
+
+    result = _bench("data", "--out", str(tmp_path / "corpus"), "--images", "24", "--per-shard", "8",
+                    "--image-size", "32", "--batch-size", "4", "--step-ms", "50", "--workers", "0,1")
+    assert result["demand_images_per_s"] == 80.0 and result["mean_source_megapixels"] > 0.1
+    for variant in ("raw", "resized"):
+        assert [r["workers"] for r in result["results"][variant]] == [0, 1]
+        for row in result["results"][variant]:
+            assert row["images_per_s"] > 0
+            assert row["supply_vs_demand"] == pytest.approx(row["images_per_s"] / 80.0, abs=2e-3)
+    for raw, resized in zip(result["results"]["raw"], result["results"]["resized"]):
+        assert resized["speedup_vs_raw"] == pytest.approx(resized["images_per_s"] / raw["images_per_s"], abs=2e-3)
+
+    def sizes(variant):
+        found = []
+        for shard in sorted((tmp_path / "corpus" / variant).glob("*.tar")):
+            with tarfile.open(shard) as tar:
+                found += [Image.open(BytesIO(tar.extractfile(m).read())).size for m in tar if m.name.endswith(".jpg")]
+        return found
+
+    raw, resized = sizes("raw"), sizes("resized")
+    assert len(raw) == len(resized) == 24 and set(resized) == {(32, 32)}
+    assert min(min(s) for s in raw) >= 256  # LAION-like sources: the shorter side is at least 256 px
+
+
+def test_bench_data_rejects_bad_workers(tmp_path):
+    proc = subprocess.run(vqct_cmd() + ["bench", "data", "--out", str(tmp_path), "--workers", "two"],
+                          capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 2 and "--workers two" in proc.stderr and "Traceback" not in proc.stderr

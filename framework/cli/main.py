@@ -141,6 +141,21 @@ def _cmd_bench_step(args: argparse.Namespace) -> dict:
     return bench_step(args.recipe, args.overrides, precisions, args.steps, args.warmup, args.priors, args.baseline)
 
 
+def _cmd_bench_data(args: argparse.Namespace) -> dict:
+    from vqct.bench.data import bench_data
+
+    try:
+        workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError:
+        workers = []
+    if not workers or min(workers) < 0:
+        raise UserError(f"--workers {args.workers}: give loader worker counts, e.g. 0,1,2")
+    if min(args.images, args.per_shard, args.image_size, args.batch_size) <= 0 or args.step_ms <= 0:
+        raise UserError("--images, --per-shard, --image-size, --batch-size and --step-ms must be positive")
+    return bench_data(args.out, args.images, args.per_shard, args.image_size, args.batch_size, args.step_ms,
+                      workers, args.device_decode)
+
+
 def _cmd_bench_lookup(args: argparse.Namespace) -> dict:
     from vqct.bench.lookup import bench_lookup, parse_shapes
 
@@ -304,6 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--warmup", type=int, default=3)
     step.add_argument("--priors", help="priors cache directory, for vqct recipes")
     step.set_defaults(func=_cmd_bench_step)
+    bench_data = bench_sub.add_parser("data", help="loader images/s from raw (LAION-like sizes) and pre-resized "
+                                      "JPEG shards, per worker, against the step's demand")
+    bench_data.add_argument("--out", required=True, help="directory for the generated shards (raw/ and resized/)")
+    bench_data.add_argument("--images", type=int, default=512)
+    bench_data.add_argument("--per-shard", type=int, default=64)
+    bench_data.add_argument("--image-size", type=int, default=256, help="the training size")
+    bench_data.add_argument("--batch-size", type=int, default=8, help="the step's batch per rank")
+    bench_data.add_argument("--step-ms", type=float, default=145.0, help="the step's time (demand = batch / step)")
+    bench_data.add_argument("--workers", default="1,2", help="loader worker processes to measure, comma-separated")
+    bench_data.add_argument("--device-decode", action="store_true", help="also nvJPEG on the GPU (torchvision)")
+    bench_data.set_defaults(func=_cmd_bench_data)
     bench_lookup = bench_sub.add_parser("lookup", help="nearest-code lookup vs cdist, expanded and chunked forms")
     bench_lookup.add_argument("--shapes", help="'N,K,D;N,K,D' (default: the full set on a GPU, scaled on a CPU)")
     bench_lookup.add_argument("--full", action="store_true", help="the full shapes (N=65,536) on a CPU too")
