@@ -109,3 +109,28 @@ def test_bad_images_are_one_clear_error(registered):
         images_from_array(np.zeros((2, 32, 32), dtype=np.float32), 32)
     with pytest.raises(UserError, match="this tokenizer encodes 32x32; resize them first"):
         images_from_array(np.zeros((2, 3, 64, 64), dtype=np.float32), 32)
+
+
+def test_registering_leaves_the_processs_mlflow_uris_and_environment_as_they_were(tmp_path, monkeypatch):
+    """MLflow's setters write MLFLOW_*_URI into the environment, which every subprocess then
+    inherits: after vqct's own use of another store, neither the URIs nor the variables moved."""
+    import os
+
+    import mlflow
+
+    from vqct.tracking.logged_model import tracking_store
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    with tracking_store(f"sqlite:///{tmp_path}/other.db"):
+        assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path}/other.db"
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    mlflow.set_tracking_uri("http://127.0.0.1:1")
+    with tracking_store(f"sqlite:///{tmp_path}/other.db"):
+        pass
+    assert os.environ["MLFLOW_TRACKING_URI"] == mlflow.get_tracking_uri() == "http://127.0.0.1:1"
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
+    mlflow.set_tracking_uri(None)

@@ -16,6 +16,7 @@ nor the run's checkpoint directory.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ import torch
 TOKENIZER_ARTIFACT = "tokenizer"  # the tokenizer directory's key among the model's artifacts
 MODEL_NAME = "tokenizer"  # the logged model's name in its run
 _REQUIREMENTS = ("torch", "safetensors", "numpy", "omegaconf", "mlflow")
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 class TokenizerModel(mlflow.pyfunc.PythonModel):
@@ -76,16 +78,23 @@ set_model(TokenizerModel())
 
 @contextmanager
 def tracking_store(uri: str):
-    """MLflow's fluent API (log_model, download_artifacts) on URI for a while; the process's
-    own tracking and registry URIs are back afterwards."""
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    """MLflow's fluent API (log_model, download_artifacts, the registry's models:/ lookups) on
+    URI for a while. MLflow's setters also write MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI into
+    the environment (for subprocesses), so both the process's URIs and those variables are put
+    back exactly as they were: a process that had set neither has neither set afterwards."""
+    before = {name: os.environ.get(name) for name in _URI_VARIABLES}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
+        mlflow.set_tracking_uri(before["MLFLOW_TRACKING_URI"])  # None: back to MLflow's default
+        mlflow.set_registry_uri(before["MLFLOW_REGISTRY_URI"])
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def log_tokenizer_model(uri: str, run_id: str, tokenizer_dir: Path, image_size: int) -> str:
