@@ -38,3 +38,27 @@ def shapes_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shapes")
     write_shapes(out, num_samples=300, samples_per_shard=44, image_size=32, seed=7, val_fraction=0.2)
     return out
+
+
+@pytest.fixture(scope="session")
+def single_process_group():
+    """torch.distributed with one gloo rank, for DeepSpeed engines in this process. Once per
+    session: DeepSpeed keeps the first group it saw, so a second one would not be its own."""
+    import socket
+
+    import deepspeed
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    deepspeed.init_distributed(dist_backend="gloo")
+    yield
+    dist.destroy_process_group()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

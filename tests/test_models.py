@@ -8,7 +8,7 @@ import torch
 from vqct.config import load_recipe
 from vqct.errors import UserError
 from vqct.models.discriminator import PatchDiscriminator
-from vqct.models.losses import adaptive_weight, build_perceptual, conv_weight_grad, hinge_d_loss
+from vqct.models.losses import adaptive_weight, build_perceptual, conv_weight_grads, hinge_d_loss
 from vqct.tokenizer import build_tokenizer
 from vqct.train.engines import deepspeed_config
 from vqct.train.schedule import warmup_cosine
@@ -38,15 +38,19 @@ def test_paper_config_is_f16_with_16x16_tokens():
         assert model.tokenize(torch.randn(1, 3, 256, 256)).shape == (1, 16, 16)
 
 
-def test_conv_weight_grad_equals_autograd():
+def test_conv_weight_grads_of_two_losses_in_one_call_equal_autograd():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(6, 3, 3, padding=1)
     x = torch.randn(2, 6, 8, 8)
     y = conv(x)
-    loss = (y**2).mean()
-    (grad_y,) = torch.autograd.grad(loss, y, retain_graph=True)
-    (grad_w,) = torch.autograd.grad(loss, conv.weight)
-    torch.testing.assert_close(conv_weight_grad(x, grad_y, conv, conv.weight.shape), grad_w)
+    losses = [(y**2).mean(), -(y * torch.randn_like(y)).mean()]
+    grads_y = [torch.autograd.grad(loss, y, retain_graph=True)[0] for loss in losses]
+    grads_w = [torch.autograd.grad(loss, conv.weight, retain_graph=True)[0] for loss in losses]
+    ours = conv_weight_grads(x, grads_y, conv, conv.weight.shape)
+    assert len(ours) == 2 and ours[0].shape == conv.weight.shape
+    for got, want in zip(ours, grads_w):
+        torch.testing.assert_close(got, want)
+    assert not torch.allclose(ours[0], ours[1])  # each loss its own gradient, not a mix
 
 
 def test_adaptive_weight_is_norm_ratio_clamped():

@@ -1,14 +1,11 @@
 """NaN/Inf in a loss or a gradient: the update is skipped (weights and optimizer state
 unchanged), counted, and too many in a row stop the run with a message that says where."""
 
-import os
-import socket
-
 import pytest
 import torch
 
 from vqct.config.compose import load_recipe
-from vqct.train.numerics import NonFiniteGuard, NonFiniteLoss, NumericsFailure, check_losses
+from vqct.train.numerics import NonFiniteGuard, NonFiniteLoss, NumericsFailure, check_losses, grads_finite
 
 
 def test_check_losses_names_the_bad_term():
@@ -16,6 +13,15 @@ def test_check_losses_names_the_bad_term():
     with pytest.raises(NonFiniteLoss) as caught:
         check_losses({"loss/a": torch.tensor(1.0), "loss/b": torch.tensor(float("inf"))})
     assert caught.value.term == "loss/b"
+
+
+def test_grads_finite_finds_nan_and_both_infinities_and_passes_huge_finite_values():
+    grads = [torch.ones(3, 4), torch.full((5,), 3e38), torch.zeros(0)]  # 5 x 3e38 would overflow a sum
+    assert grads_finite(grads) and grads_finite([])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        broken = [g.clone() for g in grads]
+        broken[0][2, 1] = bad
+        assert not grads_finite(broken), bad
 
 
 def test_the_guard_counts_resets_and_stops_after_the_limit():
@@ -31,26 +37,6 @@ def test_the_guard_counts_resets_and_stops_after_the_limit():
     assert "3 non-finite steps in a row" in message and "loss/codebook was not finite at step 12" in message
     assert "last good checkpoint: step 10" in message
     assert guard.metrics() == {"numerics/skipped_batches": 4.0, "numerics/skipped_steps": 1.0}
-
-
-@pytest.fixture(scope="module")
-def single_process_group():
-    import deepspeed
-    import torch.distributed as dist
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")}
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-    deepspeed.init_distributed(dist_backend="gloo")
-    yield
-    dist.destroy_process_group()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def _engines(stage: int):

@@ -21,13 +21,14 @@ def perplexity(counts: torch.Tensor) -> float:
 class CodebookUsage:
     """Code counts summed over the last WINDOW steps (`total`), for usage_stats."""
 
-    def __init__(self, codebook_size: int, window: int):
+    def __init__(self, codebook_size: int, window: int, device: torch.device | str = "cpu"):
         self.codebook_size = codebook_size
         self.window: deque[torch.Tensor] = deque(maxlen=window)
-        self.total = torch.zeros(codebook_size, dtype=torch.long)
+        # On the training device: counting a step's codes reads nothing back to the host.
+        self.total = torch.zeros(codebook_size, dtype=torch.long, device=device)
 
     def update(self, counts: torch.Tensor) -> None:
-        counts = counts.detach().to("cpu", torch.long)
+        counts = counts.detach().to(self.total.device, torch.long)
         if len(self.window) == self.window.maxlen:
             self.total -= self.window[0]
         self.window.append(counts)

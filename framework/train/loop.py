@@ -75,7 +75,8 @@ def _seed_everything(seed: int) -> None:
 
 
 def _all_reduce_counts(quantizer, indices: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Code histograms of this step per codebook group, summed over micro-steps and ranks."""
+    """Code histograms of this step per codebook group, summed over micro-steps and ranks,
+    left on the device (read only when a step's figures are)."""
     per_group: dict[str, torch.Tensor] = {}
     for idx in indices:
         for name, counts in quantizer.code_counts(idx).items():
@@ -83,7 +84,15 @@ def _all_reduce_counts(quantizer, indices: list[torch.Tensor]) -> dict[str, torc
     if dist.is_initialized():
         for counts in per_group.values():
             dist.all_reduce(counts)
-    return {name: counts.cpu() for name, counts in per_group.items()}
+    return per_group
+
+
+def _read(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Device scalars to floats in one transfer (one host sync, not one per metric)."""
+    if not metrics:
+        return {}
+    values = torch.stack([v.float() for v in metrics.values()]).tolist()
+    return dict(zip(metrics, values))
 
 
 class Progress:
@@ -96,8 +105,11 @@ class Progress:
                         mininterval=every_s, dynamic_ncols=False, ncols=100)
 
     def update(self, metrics: dict) -> None:
-        self.bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()
-                              if k in ("loss/rec_l1", "codebook/usage", "perf/images_per_s")}, refresh=False)
+        """METRICS: this step's figures, read on the host at log steps only (the postfix
+        keeps the last ones in between)."""
+        if "loss/rec_l1" in metrics:
+            self.bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()
+                                  if k in ("loss/rec_l1", "codebook/usage", "perf/images_per_s")}, refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:
@@ -142,7 +154,8 @@ class Worker:
                            if cfg.loss.perceptual_weight > 0 else None)
         self.weights = LossWeights.from_config(cfg.loss, cfg.align)
         self.quantizer = self.gen.module.quantizer
-        self.state = TrainState.fresh(self.quantizer.groups, cfg.quantizer.usage_window, cfg.trainer.max_bad_steps)
+        self.state = TrainState.fresh(self.quantizer.groups, cfg.quantizer.usage_window, cfg.trainer.max_bad_steps,
+                                      self.device)
         # LG-VQ's masks draw from a stream of their own: a recipe's heads never shift the global one.
         self.mask_generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * self.rank + 1)
         self.logger = None
@@ -182,7 +195,10 @@ class Worker:
         self.state.checkpoint_step = self.state.step
 
     # ---- steps -------------------------------------------------------------------------------
-    def train_step(self, batches) -> dict:
+    def train_step(self, batches, read: bool = True) -> dict:
+        """One optimizer step. READ (log and checkpoint steps): bring the step's losses and
+        codebook figures to the host, in one transfer; otherwise they stay on the device
+        unread, and only the host's own figures (time, lr) come back."""
         t0 = time.perf_counter()
         indices, sums = [], {}
         accum = self.cfg.trainer.grad_accum
@@ -192,20 +208,24 @@ class Worker:
                 continue  # a micro-batch with a non-finite loss: replaced by the next one
             indices.append(idx)
             for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v / accum
+                sums[k] = sums[k] + v / accum if k in sums else v / accum
         counts = _all_reduce_counts(self.quantizer, indices)
         self.state.count_codes(counts)
+        figures = _read(sums) if read else {}
+        # On a GPU the host runs ahead of the device between reads; the step that reads
+        # waits for it, so times summed over a log interval are the device's.
         elapsed = time.perf_counter() - t0
         images = self.world * accum * self.cfg.data.batch_size
         self.state.finish_step(images, elapsed)
-        sums.update(as_metrics(self.quantizer.usage_stats(self.state.usage_totals(), counts)))
-        sums.update({f"codebook/{k}": v for k, v in self.quantizer.pair_stats(indices[-1]).items()})
-        sums.update({
+        if read:
+            figures.update(as_metrics(self.quantizer.usage_stats(self.state.usage_totals(), counts)))
+            figures.update({f"codebook/{k}": v for k, v in self.quantizer.pair_stats(indices[-1]).items()})
+        figures.update({
             "perf/step_time_s": elapsed,
             "perf/images_per_s": images / elapsed,
             "lr": self.gen.get_lr()[0],
         })
-        return sums
+        return figures
 
     def _next_batch(self, batches):
         """The next batch, or RunStopped on every rank when any rank's shards are all bad
@@ -214,6 +234,10 @@ class Worker:
             batch, problem = next(batches), ""
         except NoUsableSamples as exc:
             batch, problem = None, str(exc)
+        if self.world == 1:  # nobody to agree with: no collective, no host read of the device
+            if problem:
+                raise RunStopped(problem)
+            return batch
         flag = torch.tensor([1 if problem else 0], device=self.device)
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -313,12 +337,14 @@ class Worker:
         t, state = self.cfg.trainer, self.state
         batches = iter(train_loader)
         while state.step < t.max_steps:
-            metrics = self.train_step(batches)
-            last = state.step == t.max_steps
-            if state.step % t.image_every == 0 or last:
+            upcoming = state.step + 1
+            last = upcoming == t.max_steps
+            evaluate = upcoming % t.image_every == 0 or last
+            save = upcoming % t.checkpoint_every == 0 or last
+            log_now = upcoming == 1 or upcoming % t.log_every == 0 or evaluate
+            metrics = self.train_step(batches, read=log_now or save)
+            if evaluate:
                 metrics.update(self.evaluate(val_loader))
-            save = state.step % t.checkpoint_every == 0 or last
-            log_now = state.step == 1 or state.step % t.log_every == 0 or last or "val/psnr" in metrics
             skipped = self._skipped(train_loader) if log_now or save else {}  # a collective: all ranks
             metrics.update({f"data/skipped_{k}": float(n) for k, n in skipped.items()})
             metrics.update(state.guard.metrics())

@@ -25,8 +25,10 @@ class TrainState:
     skipped_before: dict = field(default_factory=dict)  # data skip counts of earlier attempts of this run
 
     @classmethod
-    def fresh(cls, groups: dict[str, int], window: int, max_bad_steps: int) -> "TrainState":
-        return cls({name: CodebookUsage(size, window) for name, size in groups.items()}, NonFiniteGuard(max_bad_steps))
+    def fresh(cls, groups: dict[str, int], window: int, max_bad_steps: int,
+              device: torch.device | str = "cpu") -> "TrainState":
+        return cls({name: CodebookUsage(size, window, device) for name, size in groups.items()},
+                   NonFiniteGuard(max_bad_steps))
 
     def usage_totals(self) -> dict[str, torch.Tensor]:
         return {name: tracker.total for name, tracker in self.usage.items()}
@@ -48,7 +50,7 @@ class TrainState:
                  "recipe": spec.config.recipe, "config": config_to_dict(spec.config), "priors_dir": spec.priors_dir,
                  "skipped": skipped, "numerics": {"skipped_batches": self.guard.skipped_batches,
                                                   "skipped_steps": self.guard.skipped_steps}}
-        return state, {name: list(tracker.window) for name, tracker in self.usage.items()}
+        return state, {name: [c.cpu() for c in tracker.window] for name, tracker in self.usage.items()}
 
     def restore(self, state: dict, windows: dict[str, list]) -> None:
         self.step = self.checkpoint_step = state["step"]

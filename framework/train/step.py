@@ -1,6 +1,8 @@
 """One VQGAN training micro-step on two DeepSpeed engines: generator, then discriminator.
 
-Knows nothing of Ray or MLflow: takes a batch, returns float metrics and code counts.
+Knows nothing of Ray or MLflow: takes a batch, returns its metrics and code indices, both
+still on the device. The one host read per micro-step is check_losses' decision whether to
+backward at all (docs/performance.md says why it cannot go).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vqct.config.schema import AlignConfig, LossConfig
-from vqct.models.losses import adaptive_weight, conv_weight_grad, generator_adv_loss, hinge_d_loss
+from vqct.models.losses import adaptive_weight, conv_weight_grads, generator_adv_loss, hinge_d_loss
 from vqct.train.numerics import check_losses, skip_step_on_nonfinite_grads
 
 
@@ -64,8 +66,7 @@ def generator_losses(gen, disc, perceptual, images: torch.Tensor, step: int, w: 
         layer = gen.module.last_layer
         shape = _weight_shape(layer.weight)
         layer_in = out.decoder_last_input.detach()
-        d_weight = adaptive_weight(conv_weight_grad(layer_in, grad, layer, shape),
-                                   conv_weight_grad(layer_in, g_grad, layer, shape), w.disc)
+        d_weight = adaptive_weight(*conv_weight_grads(layer_in, [grad, g_grad], layer, shape), w.disc)
         grad = grad + d_weight * w.disc_factor * g_grad
         total = total + d_weight * w.disc_factor * g_loss.detach()
         metrics.update({"loss/g_adv": g_loss, "loss/d_weight": d_weight})
@@ -98,7 +99,8 @@ def _update(engine, loss: torch.Tensor) -> None:
 
 def train_micro_step(gen, disc, perceptual, images: torch.Tensor, step: int, w: LossWeights,
                      text: dict | None = None, masked: torch.Tensor | None = None):
-    """Returns (float metrics, code indices of this micro-batch). Raises
+    """Returns (metrics as detached 0-d tensors on the device, code indices of this
+    micro-batch): reading them is the caller's choice (the loop reads at log steps). Raises
     NonFiniteLoss, on every rank alike, when a loss term is NaN/Inf (nothing updated)."""
     out, metrics, surrogate = generator_losses(gen, disc, perceptual, images, step, w, text, masked)
     d_metrics, d_loss = discriminator_losses(disc, images, out.reconstruction, step, w)
@@ -108,5 +110,4 @@ def train_micro_step(gen, disc, perceptual, images: torch.Tensor, step: int, w: 
     _update(gen, surrogate)
     if d_loss is not None:
         _update(disc, d_loss)
-    floats = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in metrics.items()}
-    return floats, out.indices.detach()
+    return {k: v.detach() for k, v in metrics.items()}, out.indices.detach()
