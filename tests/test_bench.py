@@ -41,6 +41,28 @@ def test_bench_step_against_the_plain_loop_prints_the_ratio_and_flops(tmp_path):
     assert vqct["achieved_tflops"] == pytest.approx(vqct["flops_per_step"] / vqct["step_ms"] / 1e9, rel=0.01)
 
 
+def test_bench_step_measures_each_variant_against_the_recipe(tmp_path):
+    proc = subprocess.run(vqct_cmd() + ["bench", "step", "vqgan_shapes", "data.batch_size=2", "trainer.zero_stage=0",
+                                        "--baseline", "variants", "--vary", "trainer.channels_last=true",
+                                        "--vary", "optim.adam=foreach", "--steps", "2", "--warmup", "1"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    runs = result["results"]
+    assert list(runs) == ["base", "trainer.channels_last=true", "optim.adam=foreach"]
+    assert runs["base"]["ratio_vs_base"] == 1.0 and result["codebook_size"] == 256
+    for name, run in runs.items():  # same weights, same batch: the same first loss
+        assert run["first_rec_l1"] == pytest.approx(runs["base"]["first_rec_l1"], abs=1e-5), name
+        assert run["ratio_vs_base"] == pytest.approx(run["step_ms"] / runs["base"]["step_ms"], abs=2e-3)
+
+
+def test_bench_variants_need_a_vary():
+    proc = subprocess.run(vqct_cmd() + ["bench", "step", "--baseline", "variants"], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 2 and "--vary" in proc.stderr
+
+
 def test_bench_plain_baseline_is_fp32_only():
     proc = subprocess.run(vqct_cmd() + ["bench", "step", "--baseline", "plain", "--precisions", "bf16"],
                           capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))

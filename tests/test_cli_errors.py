@@ -58,6 +58,8 @@ def test_wrong_type():
     ("trainer.num_workers=0", "trainer.num_workers=0 must be a positive number"),
     ("trainer.zero_stage=5", "trainer.zero_stage=5"),
     ("trainer.precision=fp8", "trainer.precision"),
+    ("optim.adam=turbo", "optim.adam='turbo' must be one of: auto, single, foreach, fused"),
+    ("model.attention=flash", "model.attention='flash' must be one of: sdpa, math"),
 ])
 def test_invalid_values(override, needle):
     _assert_user_error(_run(["train", "vqgan_shapes", override]), needle)

@@ -111,3 +111,90 @@ def test_metrics_stay_on_the_device_until_read(single_process_group):
     assert all(torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad for v in metrics.values())
     read = _read(metrics)
     assert read == {k: float(v) for k, v in metrics.items()} and indices.shape == (2, 8, 8)
+
+
+# ---- speed and memory options: each changes how the step runs, not what it computes --------
+def _first_step(overrides: list[str]):
+    """(first metrics, generator gradients, discriminator gradients, generator weights after
+    the step) of one micro-step under the recipe with OVERRIDES."""
+    from vqct.train.engines import prepare_batch
+    from vqct.train.step import LossWeights, train_micro_step
+
+    cfg = load_recipe("vqgan_shapes", [*OVERRIDES, *overrides])
+    gen, disc = _engines(cfg)
+    grads = {"g": [], "d": []}
+    _capture_grads(gen.optimizer, grads["g"])
+    _capture_grads(disc.optimizer, grads["d"])
+    metrics, _ = train_micro_step(gen, disc, None, prepare_batch(_images(), cfg.trainer), 0,
+                                  LossWeights.from_config(cfg.loss))
+    return metrics, grads["g"][0], grads["d"][0], _params(gen.module)
+
+
+def _assert_same_arithmetic(got, want, weights_atol: float = 0.0):
+    for key in ("loss/rec_l1", "loss/codebook", "loss/g_adv", "loss/disc"):
+        torch.testing.assert_close(got[0][key], want[0][key], rtol=1e-5, atol=1e-7)
+    for index in (1, 2):
+        scale = max(float(g.abs().max()) for g in want[index])
+        for a, b in zip(got[index], want[index]):
+            torch.testing.assert_close(a.contiguous(), b.contiguous(), rtol=1e-4, atol=1e-5 * scale)
+    if weights_atol:
+        for a, b in zip(got[3], want[3]):
+            torch.testing.assert_close(a.contiguous(), b.contiguous(), rtol=0, atol=weights_atol)
+
+
+@pytest.fixture(scope="module")
+def base_step(single_process_group):
+    return _first_step([])
+
+
+@pytest.mark.parametrize("option", ["trainer.channels_last=true", "trainer.activation_checkpointing=true",
+                                    "model.attention=math", "optim.adam=foreach", "optim.adam=fused",
+                                    "optim.adam=single"])
+def test_a_speed_option_computes_the_same_step(base_step, option):
+    got = _first_step([option])
+    # The Adam implementations get the very same gradients, so the weights after the step must
+    # agree to rounding. (Not so for the others: a bias before a GroupNorm has a gradient of 0
+    # plus rounding noise, and Adam's first step moves it by lr times the noise's sign.)
+    _assert_same_arithmetic(got, base_step, weights_atol=1e-6 if option.startswith("optim.adam") else 0.0)
+
+
+def test_activation_checkpointing_recomputes_blocks_in_backward(single_process_group):
+    """It is on where it should be: the blocks' forwards run again during backward."""
+    from vqct.models.vqgan import ResnetBlock
+    from vqct.train.engines import prepare_models
+
+    cfg = load_recipe("vqgan_shapes", [*OVERRIDES, "trainer.activation_checkpointing=true"])
+    tokenizer, _ = _build(cfg)
+    calls = []
+    for module in tokenizer.modules():
+        if isinstance(module, ResnetBlock):  # a pre-hook: recomputation may stop before a block's end
+            module.register_forward_pre_hook(lambda *args: calls.append(1))
+
+    def forward_and_backward_calls() -> tuple[int, int]:
+        calls.clear()
+        out = tokenizer(_images()).reconstruction.mean()
+        forward = len(calls)
+        out.backward()
+        return forward, len(calls) - forward
+
+    forward, in_backward = forward_and_backward_calls()
+    assert forward > 0 and in_backward == 0
+    prepare_models(cfg.trainer, tokenizer)
+    assert forward_and_backward_calls() == (forward, forward)  # every block, once more
+
+
+def test_compiled_models_compute_the_same_step(base_step):
+    """torch.compile inside the engines (aot_eager: dynamo and AOT autograd, no code generation,
+    so that the test stays short on a CPU; inductor is what runs are measured with)."""
+    got = _first_step(["trainer.compile=true", "trainer.compile_backend=aot_eager"])
+    _assert_same_arithmetic(got, base_step)
+
+
+def test_channels_last_reaches_the_activations(single_process_group):
+    from vqct.train.engines import prepare_batch
+
+    cfg = load_recipe("vqgan_shapes", [*OVERRIDES, "trainer.channels_last=true"])
+    tokenizer, _ = _build(cfg)
+    out = tokenizer(prepare_batch(_images(), cfg.trainer))
+    assert out.decoder_last_input.is_contiguous(memory_format=torch.channels_last)
+    assert not tokenizer(_images()).decoder_last_input.is_contiguous(memory_format=torch.channels_last)

@@ -54,11 +54,11 @@ def _build(cfg: Config, priors: dict | None):
 
 def _vqct_step(cfg: Config, images: torch.Tensor, priors: dict | None):
     """vqct's micro-step on its DeepSpeed engines: (step callable, engines, batch on the device)."""
-    from vqct.train.engines import build_engines, compute_dtype
+    from vqct.train.engines import build_engines, compute_dtype, prepare_batch
     from vqct.train.step import LossWeights, train_micro_step
 
     gen, disc = build_engines(*_build(cfg, priors), cfg.trainer, cfg.optim, cfg.data.batch_size)
-    batch = images.to(gen.device).to(compute_dtype(cfg.trainer))
+    batch = prepare_batch(images.to(gen.device).to(compute_dtype(cfg.trainer)), cfg.trainer)
     weights = LossWeights.from_config(cfg.loss)
     return (lambda: train_micro_step(gen, disc, None, batch, cfg.loss.disc_start, weights)[0]), gen
 
@@ -137,21 +137,44 @@ def _measure(cfg: Config, images: torch.Tensor, steps: int, warmup: int, priors:
     return result
 
 
+def _measure_variants(cfgs: dict[str, Config], images: torch.Tensor, steps: int, warmup: int,
+                      priors: dict | None) -> dict:
+    """vqct's step under each config (the first is the base), interleaved call by call: each
+    one's figures, its first loss (the same start shows the same arithmetic) and its time ratio
+    against the base."""
+    built = {name: _vqct_step(cfg, images, priors) for name, cfg in cfgs.items()}
+    calls = {name: step for name, (step, _) in built.items()}
+    first = {name: round(float(fn()["loss/rec_l1"]), 6) for name, fn in calls.items()}
+    device = next(iter(built.values()))[1].device
+    seconds = _time_interleaved(calls, steps, warmup, device)
+    base = next(iter(cfgs))
+    codes = sum(built[base][1].module.quantizer.groups.values())
+    return codes, {name: {"step_ms": round(seconds[name] * 1000, 2), "images_per_s": round(images.shape[0] / seconds[name], 1),
+                   "first_rec_l1": first[name], "ratio_vs_base": round(seconds[name] / seconds[base], 3)}
+            for name in cfgs}
+
+
 def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: int, warmup: int,
-               priors_dir: str | None = None, baseline: str = "precision") -> dict:
-    """BASELINE: "precision" (each precision against the first) or "plain" (vqct's step against
-    the plain taming-form loop of plain_step.py, fp32, interleaved in the same run)."""
+               priors_dir: str | None = None, baseline: str = "precision", variants: list[str] | None = None) -> dict:
+    """BASELINE: "precision" (each precision against the first), "plain" (vqct's step against
+    the plain taming-form loop of plain_step.py, fp32, interleaved in the same run) or
+    "variants" (the recipe as given against the recipe plus each override in VARIANTS, e.g.
+    trainer.channels_last=true, interleaved in the same run)."""
     from vqct.config import load_recipe
     from vqct.errors import UserError
     from vqct.text.priors import load_priors
 
-    if baseline not in ("precision", "plain"):
-        raise UserError(f"--baseline {baseline}: give precision or plain")
+    if baseline not in ("precision", "plain", "variants"):
+        raise UserError(f"--baseline {baseline}: give precision, plain or variants")
+    if (baseline == "variants") != bool(variants):
+        raise UserError("--vary KEY=VALUE goes with --baseline variants, which needs at least one --vary")
+    if baseline == "variants" and len(precisions) != 1:
+        raise UserError("--baseline variants measures one precision: give --precisions fp32 or bf16")
     if baseline == "plain" and precisions != ["fp32"]:
         raise UserError("--baseline plain measures fp32 (the plain loop has no mixed precision): "
                         "give --precisions fp32")
     priors = load_priors(priors_dir) if priors_dir else None
-    results, cfg = {}, None
+    results, cfg, codebook_size = {}, None, None
     for precision in precisions:
         cfg = load_recipe(recipe, [*overrides, f"trainer.precision={precision}", "loss.perceptual_weight=0"])
         if isinstance(cfg.quantizer, VQCTConfig) and priors is None:
@@ -169,14 +192,20 @@ def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: 
             _init_single_process(use_gpu)
             images = _images(cfg.data.batch_size, cfg.data.image_size, cfg.seed)
         print(f"bench step: {precision} ...", file=sys.stderr)
+        if baseline == "variants":
+            cfgs = {"base": cfg, **{v: load_recipe(recipe, [*overrides, f"trainer.precision={precision}",
+                                                             "loss.perceptual_weight=0", v]) for v in variants}}
+            codebook_size, results = _measure_variants(cfgs, images, steps, warmup, priors)
+            break
         results[precision] = _measure(cfg, images, steps, warmup, priors, baseline == "plain")
     import torch.distributed as dist
 
     dist.destroy_process_group()
-    codebook_size = [r.pop("codebook_size") for r in results.values()][0]
-    base = results[precisions[0]]["images_per_s"]
-    for precision in precisions:
-        results[precision]["speedup_vs_" + precisions[0]] = round(results[precision]["images_per_s"] / base, 3)
+    if baseline != "variants":
+        codebook_size = [r.pop("codebook_size") for r in results.values()][0]
+        base = results[precisions[0]]["images_per_s"]
+        for precision in precisions:
+            results[precision]["speedup_vs_" + precisions[0]] = round(results[precision]["images_per_s"] / base, 3)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.use_gpu else "cpu")
     return {
         "bench": "step",

@@ -132,13 +132,14 @@ def _cmd_eval(args: argparse.Namespace) -> dict:
 def _cmd_bench_step(args: argparse.Namespace) -> dict:
     from vqct.bench.train_step import bench_step
 
-    given = args.precisions or ("fp32" if args.baseline == "plain" else "fp32,bf16")
+    given = args.precisions or ("fp32" if args.baseline in ("plain", "variants") else "fp32,bf16")
     precisions = [p.strip() for p in given.split(",") if p.strip()]
     if not precisions or any(p not in ("fp32", "bf16") for p in precisions):
         raise UserError("--precisions takes a comma-separated list of fp32 and bf16")
     if args.steps <= 0 or args.warmup < 0:
         raise UserError("--steps must be positive and --warmup not negative")
-    return bench_step(args.recipe, args.overrides, precisions, args.steps, args.warmup, args.priors, args.baseline)
+    return bench_step(args.recipe, args.overrides, precisions, args.steps, args.warmup, args.priors, args.baseline,
+                      args.vary)
 
 
 def _cmd_bench_data(args: argparse.Namespace) -> dict:
@@ -312,9 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=paper data.image_size=256")
     step.add_argument("--precisions", help="comma-separated, the first one is the baseline (default fp32,bf16; "
                       "fp32 with --baseline plain)")
-    step.add_argument("--baseline", choices=["precision", "plain"], default="precision",
+    step.add_argument("--baseline", choices=["precision", "plain", "variants"], default="precision",
                       help="plain: vqct's step against a plain taming-form PyTorch loop of the same modules, "
-                      "interleaved in this run")
+                      "interleaved in this run; variants: the recipe against each --vary")
+    step.add_argument("--vary", action="append", default=[], metavar="KEY=VALUE",
+                      help="with --baseline variants: one more override to measure against the recipe as given "
+                      "(repeatable), e.g. --vary trainer.channels_last=true --vary optim.adam=foreach")
     step.add_argument("--steps", type=int, default=20)
     step.add_argument("--warmup", type=int, default=3)
     step.add_argument("--priors", help="priors cache directory, for vqct recipes")

@@ -21,6 +21,11 @@ def require_positive(section: str, **values: float) -> None:
             raise UserError(f"config: {section}.{key}={value} must be a positive number")
 
 
+def require_choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"config: {section}.{key}='{value}' must be one of: {', '.join(choices)}")
+
+
 def require_non_negative(section: str, **values: float) -> None:
     for key, value in values.items():
         if value < 0:
@@ -58,6 +63,7 @@ class ModelConfig:
     z_channels: int = 32
     embed_dim: int = 32  # channels of the quantized map
     dropout: float = 0.0
+    attention: str = "sdpa"  # sdpa: torch's scaled_dot_product_attention | math: taming's explicit softmax
 
     @property
     def downsampling(self) -> int:
@@ -69,6 +75,7 @@ class ModelConfig:
                          num_res_blocks=self.num_res_blocks)
         if not self.ch_mult:
             raise UserError("config: model.ch_mult must list at least one channel multiplier")
+        require_choice("model", "attention", self.attention, ("sdpa", "math"))
 
 
 @dataclass
@@ -227,9 +234,11 @@ class OptimConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
     grad_clip: float = 0.0  # 0 disables
+    adam: str = "auto"  # torch.optim.Adam's implementation: auto (torch's choice) | single | foreach | fused
 
     def check(self) -> None:
         require_non_negative("optim", warmup_steps=self.warmup_steps)
+        require_choice("optim", "adam", self.adam, ("auto", "single", "foreach", "fused"))
 
 
 @dataclass
@@ -250,6 +259,11 @@ class TrainerConfig:
     storage_path: str = "runs"
     log_every: int = 10
     image_every: int = 100
+    # Speed and memory options; off, a run computes what it always did (tests/test_speed_options.py).
+    channels_last: bool = False  # batches, and so activations, in NHWC
+    activation_checkpointing: bool = False  # recompute each encoder/decoder block in backward
+    compile: bool = False  # torch.compile of both models inside their DeepSpeed engines
+    compile_backend: str = "inductor"
 
     def check(self) -> None:
         require_positive("trainer", max_steps=self.max_steps, num_workers=self.num_workers,

@@ -31,7 +31,7 @@ class VQTokenizer(nn.Module):
         m = model_cfg
         arch = dict(ch=m.ch, ch_mult=list(m.ch_mult), num_res_blocks=m.num_res_blocks,
                     attn_resolutions=list(m.attn_resolutions), z_channels=m.z_channels, resolution=image_size,
-                    dropout=m.dropout)
+                    dropout=m.dropout, attention=m.attention)
         self.encoder = Encoder(in_channels=m.in_channels, **arch)
         self.decoder = Decoder(out_channels=m.in_channels, **arch)
         self.quantizer = quantizer

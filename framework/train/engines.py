@@ -27,6 +27,43 @@ def deepspeed_config(trainer: TrainerConfig, optim: OptimConfig, micro_batch: in
     return conf
 
 
+def adam_options(optim: OptimConfig) -> dict:
+    """torch.optim.Adam's keyword for optim.adam; auto leaves torch to choose (foreach on
+    CUDA, one tensor at a time on the CPU)."""
+    return {"auto": {}, "single": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[optim.adam]
+
+
+def prepare_models(trainer: TrainerConfig, *models: torch.nn.Module) -> None:
+    """The memory option that changes how the models run, never what they compute."""
+    for model in models:
+        if trainer.activation_checkpointing:
+            from vqct.models.vqgan import Checkpointed
+
+            for module in model.modules():
+                if isinstance(module, Checkpointed):
+                    module.checkpointing = True
+
+
+def prepare_batch(images: torch.Tensor, trainer: TrainerConfig) -> torch.Tensor:
+    """trainer.channels_last: the batch in NHWC, and every activation after it (a convolution's
+    output follows its input's layout). The weights stay contiguous: DeepSpeed broadcasts and
+    flattens them as plain byte views at initialisation, which NHWC weights refuse."""
+    return images.contiguous(memory_format=torch.channels_last) if trainer.channels_last else images
+
+
+def _compile(engine, trainer: TrainerConfig) -> None:
+    """torch.compile of the engine's module in place (DeepSpeed's own entry point), so that
+    calls through `engine.module` run compiled too."""
+    import torch._dynamo
+
+    if trainer.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
+        from vqct.errors import UserError
+
+        raise UserError(f"config: trainer.compile_backend='{trainer.compile_backend}' is not a torch.compile "
+                        f"backend here (have: {', '.join(torch._dynamo.list_backends())})")
+    engine.compile(backend=trainer.compile_backend)
+
+
 def build_engines(tokenizer: torch.nn.Module, discriminator: torch.nn.Module, trainer: TrainerConfig,
                   optim: OptimConfig, micro_batch: int):
     """Returns (generator engine, discriminator engine). MICRO_BATCH: images per rank and micro-step."""
@@ -34,16 +71,21 @@ def build_engines(tokenizer: torch.nn.Module, discriminator: torch.nn.Module, tr
 
     conf = deepspeed_config(trainer, optim, micro_batch)
     betas = tuple(optim.betas)
-    gen_opt = torch.optim.Adam(tokenizer.parameters(), lr=optim.lr, betas=betas, weight_decay=optim.weight_decay)
+    prepare_models(trainer, tokenizer, discriminator)
+    adam = adam_options(optim)
+    gen_opt = torch.optim.Adam(tokenizer.parameters(), lr=optim.lr, betas=betas, weight_decay=optim.weight_decay,
+                               **adam)
     schedule = functools.partial(warmup_cosine, warmup_steps=optim.warmup_steps,
                                  max_steps=trainer.max_steps, min_ratio=optim.min_lr_ratio)
     gen_sched = torch.optim.lr_scheduler.LambdaLR(gen_opt, schedule)
     gen, _, _, _ = deepspeed.initialize(model=tokenizer, optimizer=gen_opt, lr_scheduler=gen_sched, config=conf)
     # The discriminator trains at a constant lr, as in taming-transformers.
-    disc_opt = torch.optim.Adam(discriminator.parameters(), lr=optim.disc_lr or optim.lr, betas=betas)
+    disc_opt = torch.optim.Adam(discriminator.parameters(), lr=optim.disc_lr or optim.lr, betas=betas, **adam)
     disc, _, _, _ = deepspeed.initialize(model=discriminator, optimizer=disc_opt, config=conf)
     for engine in (gen, disc):
         _skip_allreduce_alone(engine)
+        if trainer.compile:
+            _compile(engine, trainer)
     return gen, disc
 
 

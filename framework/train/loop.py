@@ -30,7 +30,7 @@ from vqct.records.run_record import write_stop
 from vqct.text.priors import load_priors
 from vqct.tokenizer import build_tokenizer
 from vqct.train.checkpoint import load_checkpoint, save_checkpoint
-from vqct.train.engines import build_engines, compute_dtype
+from vqct.train.engines import build_engines, compute_dtype, prepare_batch
 from vqct.train.numerics import NonFiniteLoss
 from vqct.train.spec import RunSummary, WorkerSpec
 from vqct.train.state import TrainState
@@ -247,7 +247,7 @@ class Worker:
 
     def _micro_step(self, batch):
         """(metrics, code indices), or (None, None) when the batch's loss was not finite."""
-        images = batch.images.to(self.device).to(self.dtype)
+        images = prepare_batch(batch.images.to(self.device).to(self.dtype), self.cfg.trainer)
         text, masked = self._captions(batch.captions)
         skipped = self.gen.skipped_steps + self.disc.skipped_steps
         guard, step = self.state.guard, self.state.step
