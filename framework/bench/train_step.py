@@ -149,9 +149,10 @@ def _measure_variants(cfgs: dict[str, Config], images: torch.Tensor, steps: int,
     seconds = _time_interleaved(calls, steps, warmup, device)
     base = next(iter(cfgs))
     codes = sum(built[base][1].module.quantizer.groups.values())
-    return codes, {name: {"step_ms": round(seconds[name] * 1000, 2), "images_per_s": round(images.shape[0] / seconds[name], 1),
-                   "first_rec_l1": first[name], "ratio_vs_base": round(seconds[name] / seconds[base], 3)}
-            for name in cfgs}
+    return codes, {name: {"step_ms": round(seconds[name] * 1000, 2),
+                          "images_per_s": round(images.shape[0] / seconds[name], 1),
+                          "first_rec_l1": first[name], "ratio_vs_base": round(seconds[name] / seconds[base], 3)}
+                   for name in cfgs}
 
 
 def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: int, warmup: int,

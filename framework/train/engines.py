@@ -30,7 +30,8 @@ def deepspeed_config(trainer: TrainerConfig, optim: OptimConfig, micro_batch: in
 def adam_options(optim: OptimConfig) -> dict:
     """torch.optim.Adam's keyword for optim.adam; auto leaves torch to choose (foreach on
     CUDA, one tensor at a time on the CPU)."""
-    return {"auto": {}, "single": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[optim.adam]
+    choices = {"auto": {}, "single": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    return choices[optim.adam]
 
 
 def prepare_models(trainer: TrainerConfig, *models: torch.nn.Module) -> None:
