@@ -3,6 +3,7 @@
 import os
 import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -109,3 +110,26 @@ def test_eval_of_an_unknown_run_id(tmp_path):
     proc = _run(["eval", "0" * 32, "--data", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
     _assert_user_error(proc, f"MLflow run {'0' * 32}: no tracking store at")
     assert not (tmp_path / "m.db").exists()  # looking never creates a store
+
+
+def test_eval_checks_its_arguments_before_loading_anything_heavy(tmp_path):
+    """A wrong --data fails before torchmetrics, transformers or the model load: seconds, not
+    the minute a loaded 2-core machine took when they came first."""
+    import json
+
+    from vqct.config import load_recipe
+    from vqct.config.typed import config_to_dict
+
+    checkpoint = tmp_path / "checkpoint_2026-01-01_00-00-00.000000"
+    checkpoint.mkdir()
+    state = {"step": 1, "config": config_to_dict(load_recipe("vqgan_shapes", []))}
+    (checkpoint / "vqct_state.json").write_text(json.dumps(state))
+    probe = ("import sys\nfrom vqct.errors import UserError\nfrom vqct.eval.evaluate import evaluate\n"
+             f"try:\n    evaluate({str(checkpoint)!r}, {str(tmp_path / 'none')!r})\n"
+             "except UserError as exc:\n    print(exc)\n"
+             "print(sorted(m for m in ('torchmetrics', 'transformers', 'deepspeed', 'webdataset') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0 and lines[0].startswith("--data: no shards found"), proc.stdout + proc.stderr[-2000:]
+    assert lines[-1] == "[]"

@@ -183,16 +183,18 @@ def evaluate(target: str, data, batch_size: int = 64, max_samples: int | None = 
              best_metric: str = "psnr", promote: bool = True) -> dict:
     """BEST_METRIC: the result that decides the registry's `best` alias for the recipe;
     PROMOTE=False leaves the alias where it is (and says where it would go)."""
-    from tqdm import tqdm
-
-    from vqct.data.loader import ImageCaptionStream, Loader
     from vqct.data.shards import resolve_shards
-    from vqct.text.encoders import TextEncoder
-    from vqct.tokenizer.load import checkpoint_config, load_tokenizer
+    from vqct.tokenizer.load import checkpoint_config
 
+    # The arguments first: a wrong one fails before the heavy imports and model loads.
     resolved = resolve_target(target, tracking_uri)
     cfg, _ = checkpoint_config(resolved.checkpoint)
     urls = resolve_shards(data, "--data")
+    from tqdm import tqdm
+
+    from vqct.data.loader import ImageCaptionStream, Loader
+    from vqct.text.encoders import TextEncoder
+    from vqct.tokenizer.load import load_tokenizer
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     text_encoder = TextEncoder(cfg.text.model, cfg.align.context_length, device=device)
     model, cfg = load_tokenizer(resolved.checkpoint, device, text_encoder)

@@ -9,8 +9,6 @@ from __future__ import annotations
 from itertools import islice
 
 import torch
-from torchmetrics import MeanAbsoluteError
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -21,6 +19,11 @@ class ReconstructionMetrics:
     """PSNR and SSIM on [0, 1], and L1 on the [-1, 1] scale of the training L1."""
 
     def __init__(self, device):
+        # Imported here: torchmetrics' package import takes seconds (it loads every metric),
+        # which `vqct eval` should not spend before it has checked its arguments.
+        from torchmetrics import MeanAbsoluteError
+        from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
         self.psnr = PeakSignalNoiseRatio(data_range=1.0).to(device)
         self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0).to(device)
         self.l1 = MeanAbsoluteError().to(device)
