@@ -131,5 +131,6 @@ def test_eval_checks_its_arguments_before_loading_anything_heavy(tmp_path):
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     lines = proc.stdout.strip().splitlines()
-    assert proc.returncode == 0 and lines[0].startswith("--data: no shards found"), proc.stdout + proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert lines[0].startswith("--data: no shards found"), proc.stdout
     assert lines[-1] == "[]"
