@@ -127,7 +127,8 @@ def test_eval_checks_its_arguments_before_loading_anything_heavy(tmp_path):
     probe = ("import sys\nfrom vqct.errors import UserError\nfrom vqct.eval.evaluate import evaluate\n"
              f"try:\n    evaluate({str(checkpoint)!r}, {str(tmp_path / 'none')!r})\n"
              "except UserError as exc:\n    print(exc)\n"
-             "print(sorted(m for m in ('torchmetrics', 'transformers', 'deepspeed', 'webdataset') if m in sys.modules))")
+             "heavy = ('torchmetrics', 'transformers', 'deepspeed', 'webdataset')\n"
+             "print(sorted(m for m in heavy if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     lines = proc.stdout.strip().splitlines()
