@@ -25,6 +25,14 @@ class TokenizerOutput(NamedTuple):
     align_losses: dict  # name -> scalar, from the alignment heads when captions were given
 
 
+def _layout_of(like: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """X in LIKE's memory layout: the quantizer hands back NCHW whatever came in, and with
+    trainer.channels_last the decoder should run NHWC as the encoder did."""
+    if like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 class VQTokenizer(nn.Module):
     def __init__(self, model_cfg: ModelConfig, quantizer: nn.Module, image_size: int, align: nn.Module | None = None):
         super().__init__()
@@ -49,7 +57,7 @@ class VQTokenizer(nn.Module):
     def forward(self, images: torch.Tensor, text: dict | None = None,
                 masked: torch.Tensor | None = None) -> TokenizerOutput:
         zq, quant_loss, indices, codes = self.quantizer(self.quant_conv(self.encoder(images)), with_codes=True)
-        last_input = self.decoder.features(self.post_quant_conv(zq))
+        last_input = self.decoder.features(self.post_quant_conv(_layout_of(images, zq)))
         align_losses = self.align(zq, text, masked, codes) if self.align is not None and text is not None else {}
         return TokenizerOutput(self.decoder.conv_out(last_input), quant_loss, indices, last_input, align_losses)
 
