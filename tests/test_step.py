@@ -1,6 +1,7 @@
 """vqct's training step computes what taming-transformers' loop computes, whatever it does
-to go faster: the same losses step by step as the plain loop of bench/plain_step.py, the same
-weights with DeepSpeed's one-rank all-reduce on or off, and metrics left on the device."""
+to go faster: the first losses and the gradients of the plain loop of bench/plain_step.py, the
+same weights with DeepSpeed's one-rank all-reduce on or off, the same step under each speed
+option, and metrics left on the device."""
 
 import pytest
 import torch
@@ -198,3 +199,16 @@ def test_channels_last_reaches_the_activations(single_process_group):
     out = tokenizer(prepare_batch(_images(), cfg.trainer))
     assert out.decoder_last_input.is_contiguous(memory_format=torch.channels_last)
     assert not tokenizer(_images()).decoder_last_input.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_adam_and_compile_options_reach_the_engines(single_process_group):
+    """The options above compute the same step; this checks that they were applied at all."""
+    cfg = load_recipe("vqgan_shapes", [*OVERRIDES, "optim.adam=fused", "trainer.compile=true",
+                                       "trainer.compile_backend=aot_eager"])
+    gen, disc = _engines(cfg)
+    assert gen.optimizer.defaults["fused"] is True and disc.optimizer.defaults["fused"] is True
+    assert gen.is_compiled and disc.is_compiled
+    cfg = load_recipe("vqgan_shapes", [*OVERRIDES, "optim.adam=foreach"])
+    assert _engines(cfg)[0].optimizer.defaults["foreach"] is True
+    plain = _engines(load_recipe("vqgan_shapes", OVERRIDES))[0]
+    assert not plain.is_compiled and plain.optimizer.defaults["fused"] is None

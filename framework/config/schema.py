@@ -259,7 +259,7 @@ class TrainerConfig:
     storage_path: str = "runs"
     log_every: int = 10
     image_every: int = 100
-    # Speed and memory options; off, a run computes what it always did (tests/test_speed_options.py).
+    # Speed and memory options; off, a run computes what it always did (tests/test_step.py).
     channels_last: bool = False  # batches, and so activations, in NHWC
     activation_checkpointing: bool = False  # recompute each encoder/decoder block in backward
     compile: bool = False  # torch.compile of both models inside their DeepSpeed engines

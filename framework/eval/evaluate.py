@@ -190,6 +190,7 @@ def evaluate(target: str, data, batch_size: int = 64, max_samples: int | None = 
     resolved = resolve_target(target, tracking_uri)
     cfg, _ = checkpoint_config(resolved.checkpoint)
     urls = resolve_shards(data, "--data")
+
     from tqdm import tqdm
 
     from vqct.data.loader import ImageCaptionStream, Loader

@@ -36,13 +36,13 @@ def adam_options(optim: OptimConfig) -> dict:
 
 def prepare_models(trainer: TrainerConfig, *models: torch.nn.Module) -> None:
     """The memory option that changes how the models run, never what they compute."""
-    for model in models:
-        if trainer.activation_checkpointing:
-            from vqct.models.vqgan import Checkpointed
+    if not trainer.activation_checkpointing:
+        return
+    from vqct.models.vqgan import Checkpointed
 
-            for module in model.modules():
-                if isinstance(module, Checkpointed):
-                    module.checkpointing = True
+    for module in (m for model in models for m in model.modules()):
+        if isinstance(module, Checkpointed):
+            module.checkpointing = True
 
 
 def prepare_batch(images: torch.Tensor, trainer: TrainerConfig) -> torch.Tensor:
@@ -57,11 +57,12 @@ def _compile(engine, trainer: TrainerConfig) -> None:
     calls through `engine.module` run compiled too."""
     import torch._dynamo
 
-    if trainer.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if trainer.compile_backend not in backends:
         from vqct.errors import UserError
 
         raise UserError(f"config: trainer.compile_backend='{trainer.compile_backend}' is not a torch.compile "
-                        f"backend here (have: {', '.join(torch._dynamo.list_backends())})")
+                        f"backend here (have: {', '.join(backends)})")
     engine.compile(backend=trainer.compile_backend)
 
 
@@ -94,9 +95,9 @@ def _skip_allreduce_alone(engine) -> None:
     """ZeRO 0 on one data-parallel rank: turn off DeepSpeed's gradient all-reduce.
 
     Why: with nobody to reduce with, it still flattens every gradient into a bucket, "reduces"
-    it, multiplies it by 1/1 and copies it back (~0.2 s of the paper model's 2 s CPU step).
-    Averaging over one rank is the identity, so the gradients are bit for bit the same
-    (tests/test_numerics.py pins it). ZeRO 1-3 keep it: their optimizers own the buffers."""
+    it, multiplies it by 1/1 and copies it back (docs/performance.md, "Where the difference
+    went"). Averaging over one rank is the identity, so the gradients are bit for bit the same
+    (tests/test_step.py pins it). ZeRO 1-3 keep it: their optimizers own the buffers."""
     if engine.zero_optimization_stage() == 0 and engine.dp_world_size == 1:
         engine.enable_backward_allreduce = False
 

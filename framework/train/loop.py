@@ -195,7 +195,7 @@ class Worker:
         self.state.checkpoint_step = self.state.step
 
     # ---- steps -------------------------------------------------------------------------------
-    def train_step(self, batches, read: bool = True) -> dict:
+    def train_step(self, batches, read: bool) -> dict:
         """One optimizer step. READ (log and checkpoint steps): bring the step's losses and
         codebook figures to the host, in one transfer; otherwise they stay on the device
         unread, and only the host's own figures (time, lr) come back."""
