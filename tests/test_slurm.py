@@ -52,7 +52,7 @@ SlurmdLogFile={dir}/slurmd.log
 SlurmUser={user}
 ReturnToService=2
 MpiDefault=none
-KillWait=10
+KillWait=30
 NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=8000 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 """
@@ -173,9 +173,12 @@ def test_scancel_mid_run_leaves_no_ray_processes(slurm, tmp_path, shapes_dir):
     # (The driver may not print at all: SLURM signals the raylet too, whose exit ends it.)
     if "vqct: interrupted" in log:
         assert log.index("stopping Ray") < log.index("vqct: interrupted")
-    # The KILLED mark does not wait for the driver's main thread (launch/signals.py).
+    # KILLED: by the driver's signal thread (launch/signals.py) or, when the driver died with the
+    # raylet before its mark landed, by the script's teardown (`vqct mark-killed`).
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.status for r in runs] == ["KILLED"]
+    closed = json.loads([ln for ln in log.splitlines() if ln.startswith('{"run_dir"')][-1])
+    assert closed["mlflow_run_id"] == runs[0].info.run_id and closed["status"] == "KILLED"

@@ -30,6 +30,29 @@ def test_open_run_logs_params_tags_and_config(tmp_path):
     assert client.get_run(run_id).data.tags["vqct.resumed"] == "true"
 
 
+def test_mark_killed_closes_a_run_left_running_and_nothing_else(tmp_path, capsys):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from vqct.cli.main import main
+    from vqct.records.run_record import write_run
+
+    uri = absolute_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("e")
+    left, closed = client.create_run(experiment).info.run_id, client.create_run(experiment).info.run_id
+    client.set_terminated(closed, status="FINISHED")
+    for run_id in (left, closed):
+        write_run(tmp_path / run_id, {"mlflow_run_id": run_id, "tracking_uri": uri})
+        assert main(["mark-killed", str(tmp_path / run_id)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["status_before"], r["status"]) for r in lines] == [("RUNNING", "KILLED"), ("FINISHED", "FINISHED")]
+    assert [client.get_run(r).info.status for r in (left, closed)] == ["KILLED", "FINISHED"]
+    assert main(["mark-killed", str(tmp_path / "nowhere")]) == 2
+    assert "not a vqct run directory" in capsys.readouterr().err
+
+
 def test_metric_logger_survives_a_dead_server(monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")

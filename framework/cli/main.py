@@ -59,6 +59,22 @@ def _cmd_train(args: argparse.Namespace) -> dict:
     return train(cfg)
 
 
+def _cmd_mark_killed(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
+    from vqct.records.run_record import is_run_dir, read_run
+    from vqct.tracking.mlflow_run import mark_killed_if_running
+
+    run_dir = Path(args.run_dir)
+    if not is_run_dir(run_dir):
+        raise UserError(f"{run_dir} is not a vqct run directory (no vqct_run.json); give "
+                        "<trainer.storage_path>/<run name>")
+    record = read_run(run_dir)
+    before = mark_killed_if_running(record["tracking_uri"], record["mlflow_run_id"])
+    return {"run_dir": str(run_dir), "mlflow_run_id": record["mlflow_run_id"], "status_before": before,
+            "status": "KILLED" if before == "RUNNING" else before}
+
+
 def _cmd_submit(args: argparse.Namespace) -> dict:
     from vqct.launch.submit import submit
 
@@ -204,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--working-dir", default=".", help="uploaded as the job's working directory")
     submit.add_argument("--timeout", type=float, help="with --wait: give up following after this many seconds")
     submit.set_defaults(func=_cmd_submit)
+
+    mark = sub.add_parser("mark-killed", help="mark a run's MLflow run KILLED if it is still RUNNING (its driver "
+                          "died without closing it); a job script's teardown calls it")
+    mark.add_argument("run_dir", help="the run's directory, <trainer.storage_path>/<run name>")
+    mark.set_defaults(func=_cmd_mark_killed)
 
     recipes = sub.add_parser("recipes", help="the recipes, their sizes, and their runs in the tracking store")
     recipes.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")

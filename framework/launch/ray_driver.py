@@ -119,6 +119,14 @@ def _worker_errors(exc: BaseException) -> str:
                      for rank, err in sorted(failures.items()))
 
 
+def _tell_job_script(run_dir: Path) -> None:
+    """Where the run lives, for a job script's teardown: `vqct mark-killed` then closes an MLflow
+    run that the driver could not (cluster/slurm/vqct_ray.sbatch sets VQCT_RUN_DIR_FILE)."""
+    pointer = os.environ.get("VQCT_RUN_DIR_FILE")
+    if pointer:
+        Path(pointer).write_text(str(run_dir.resolve()))
+
+
 def _fit(spec: WorkerSpec, storage: Path, previous: dict | None, missing_shards: int,
          empty_shards: int) -> RunSummary:
     """Open (or reopen) the MLflow run, run the workers, close the run, register the model.
@@ -135,6 +143,7 @@ def _fit(spec: WorkerSpec, storage: Path, previous: dict | None, missing_shards:
         log_config_copy(uri, run_id, cfg, f"resolved_resume_to_step{cfg.trainer.max_steps}.yaml")
     write_run(storage / run_name, {"mlflow_run_id": run_id, "recipe": cfg.recipe,
                                    "config_hash": config_hash(cfg), "tracking_uri": uri})
+    _tell_job_script(storage / run_name)
     if not previous:  # once per run: step 0 has one value
         log_start_metrics(uri, run_id, {"data/missing_shards": missing_shards, "data/empty_shards": empty_shards,
                                         "data/train_shards": len(spec.train_urls)})

@@ -103,6 +103,21 @@ def close_run(uri: str, run_id: str, status: str) -> None:
         print(f"warning: could not mark MLflow run {run_id} {status}: {exc}", file=sys.stderr)
 
 
+def mark_killed_if_running(uri: str, run_id: str) -> str:
+    """Mark RUN_ID KILLED if it is still RUNNING; returns the status it had.
+
+    For a run whose driver died without closing it (SIGKILL, a lost node, or SLURM's scancel
+    ending the driver through its raylet before the driver's own mark was written): a job
+    script's teardown calls it once every process of the run has stopped."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    status = client.get_run(run_id).info.status
+    if status == "RUNNING":
+        client.set_terminated(run_id, status="KILLED")
+    return status
+
+
 def tag_checkpoint(uri: str, run_id: str, path: str | None) -> None:
     """Record the run's final checkpoint, so that `vqct eval RUN_ID` finds it."""
     if not path:
