@@ -131,8 +131,14 @@ def _ray_processes(marker: str = "vqct-ray-") -> set[int]:
     return found
 
 
+def _ray_temp_dirs() -> set[str]:
+    """The jobs' Ray temp dirs (vqct_ray.sbatch's mktemp); its teardown removes its own last."""
+    return {str(p) for p in Path("/tmp").glob("vqct-ray-*")}
+
+
 def test_sbatch_runs_a_recipe_through_ray_to_completion(slurm, tmp_path, shapes_dir):
     env, _ = slurm
+    temp_dirs = _ray_temp_dirs()
     out = tmp_path / "job.out"
     proc = subprocess.run(["sbatch", "--wait", "-c", str(os.cpu_count() or 2), "-o", str(out), str(SCRIPT),
                            *_overrides(tmp_path, shapes_dir, 3)], env=_job_env(env), cwd=tmp_path,
@@ -142,11 +148,12 @@ def test_sbatch_runs_a_recipe_through_ray_to_completion(slurm, tmp_path, shapes_
     result = json.loads([ln for ln in log.splitlines() if ln.startswith('{"run_id"')][-1])
     assert result["steps"] == 3 and result["recipe"] == "vqgan_shapes"
     assert "1 node(s) x 2 worker(s)" in log and "stopping Ray" in log
-    assert not _ray_processes()
+    assert not _ray_processes() and _ray_temp_dirs() <= temp_dirs
 
 
 def test_scancel_mid_run_leaves_no_ray_processes(slurm, tmp_path, shapes_dir):
     env, _ = slurm
+    temp_dirs = _ray_temp_dirs()
     out = tmp_path / "job.out"
     submitted = subprocess.run(["sbatch", "--parsable", "-c", str(os.cpu_count() or 2), "-o", str(out), str(SCRIPT),
                                 *_overrides(tmp_path, shapes_dir, 2000)], env=_job_env(env), cwd=tmp_path,
@@ -180,5 +187,6 @@ def test_scancel_mid_run_leaves_no_ray_processes(slurm, tmp_path, shapes_dir):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.status for r in runs] == ["KILLED"]
+    assert _ray_temp_dirs() <= temp_dirs  # the teardown ran to its end, not cut short by SIGKILL
     closed = json.loads([ln for ln in log.splitlines() if ln.startswith('{"run_dir"')][-1])
     assert closed["mlflow_run_id"] == runs[0].info.run_id and closed["status"] == "KILLED"
