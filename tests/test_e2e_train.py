@@ -5,6 +5,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 
@@ -83,8 +84,8 @@ def test_train_zero2_then_resume_in_the_same_mlflow_run(tmp_path, shapes_dir):
     assert [step for step, _ in rec] == [1, 5, 10, 15, 20, 25, 30, 35, 40]  # continued, none twice
     # The reconstruction loss fell. One batch's L1 swings by +-0.06 this early (flat images
     # of different colours), so compare means: steps 25-40 (after the resume) against 1-5.
-    early = sum(v for step, v in rec if step <= 5) / 2
-    late = sum(v for step, v in rec if step >= 25) / 4
+    early = statistics.mean(v for step, v in rec if step <= 5)
+    late = statistics.mean(v for step, v in rec if step >= 25)
     assert late < 0.9 * early, rec
     assert client.get_run(run_id).info.status == "FINISHED"
 
