@@ -22,7 +22,7 @@ LAYERS = [
     {"text", "models", "data", "kernels"},
     {"config"},
     {"records"},
-    {"errors", "files"},
+    {"errors", "files", "host_memory"},
 ]
 RANK = {package: row for row, packages in enumerate(LAYERS) for package in packages}
 SOURCES = {"framework": "vqct", "kernels": "vqct.kernels"}

@@ -7,7 +7,6 @@ and large tensors are mmapped, so freeing them lowers the resident set again.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import platform
 import re
@@ -16,6 +15,8 @@ import time
 from typing import Callable
 
 import torch
+
+from vqct.host_memory import M_MMAP_THRESHOLD, mallopt
 
 
 def device_name(device: torch.device) -> str:
@@ -59,11 +60,7 @@ def _fixed_mmap_threshold() -> None:
     """glibc raises its mmap threshold after large frees (up to 32 MiB), after which such
     blocks reuse heap pages that are already resident and never show in the high-water
     mark; a fixed threshold keeps every large tensor mmapped and visible."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+    mallopt(M_MMAP_THRESHOLD, 128 * 1024)
 
 
 def _reset_cpu_peak() -> int | None:
@@ -74,6 +71,26 @@ def _reset_cpu_peak() -> int | None:
     except OSError:
         return None
     return _status_bytes("VmRSS")
+
+
+def time_interleaved(steps: dict, count: int, warmup: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per call of each callable, the calls alternating so that every one
+    sees the same machine (load, clocks, caches) over the run."""
+    cuda = device.type == "cuda"
+    for _ in range(warmup):
+        for fn in steps.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(count):
+        for name, fn in steps.items():
+            if cuda:
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def is_oom(exc: BaseException) -> bool:

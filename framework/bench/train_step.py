@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import random
-import statistics
+import socket
 import sys
-import time
 
 import torch
 
-from vqct.bench.measure import device_name, peak_flops
+from vqct.bench.measure import device_name, peak_flops, time_interleaved
+from vqct.host_memory import keep_freed_memory
 from vqct.config.schema import Config, VQCTConfig
 
 
@@ -33,11 +33,12 @@ def _images(batch: int, size: int, seed: int) -> torch.Tensor:
 def _init_single_process(use_gpu: bool) -> None:
     import deepspeed
 
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
+    # A world of its own on a free loopback port: a MASTER_PORT inherited from a parent that
+    # holds a process group of its own (a test, a training job) is taken already.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
 
 
@@ -61,26 +62,6 @@ def _vqct_step(cfg: Config, images: torch.Tensor, priors: dict | None):
     batch = prepare_batch(images.to(gen.device).to(compute_dtype(cfg.trainer)), cfg.trainer)
     weights = LossWeights.from_config(cfg.loss)
     return (lambda: train_micro_step(gen, disc, None, batch, cfg.loss.disc_start, weights)[0]), gen
-
-
-def _time_interleaved(steps: dict, count: int, warmup: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per call of each callable, the calls alternating so that every one
-    sees the same machine (load, clocks, caches) over the run."""
-    cuda = device.type == "cuda"
-    for _ in range(warmup):
-        for fn in steps.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(count):
-        for name, fn in steps.items():
-            if cuda:
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if cuda:
-                torch.cuda.synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _step_flops(step, device: torch.device) -> int:
@@ -119,7 +100,7 @@ def _measure(cfg: Config, images: torch.Tensor, steps: int, warmup: int, priors:
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = _time_interleaved(calls, steps, warmup, device)
+    seconds = time_interleaved(calls, steps, warmup, device)
     peak = round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if cuda else None
     # FLOPs by torch's counter over the plain step, which does the same arithmetic (the
     # counter's autograd hooks cannot run inside DeepSpeed's engines); built after the timing
@@ -146,7 +127,7 @@ def _measure_variants(cfgs: dict[str, Config], images: torch.Tensor, steps: int,
     calls = {name: step for name, (step, _) in built.items()}
     first = {name: round(float(fn()["loss/rec_l1"]), 6) for name, fn in calls.items()}
     device = next(iter(built.values()))[1].device
-    seconds = _time_interleaved(calls, steps, warmup, device)
+    seconds = time_interleaved(calls, steps, warmup, device)
     base = next(iter(cfgs))
     codes = sum(built[base][1].module.quantizer.groups.values())
     return codes, {name: {"step_ms": round(seconds[name] * 1000, 2),
@@ -190,6 +171,8 @@ def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: 
                 print("warning: trainer.use_gpu=true but no CUDA device: measuring on the CPU", file=sys.stderr)
             if not use_gpu:
                 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+                if cfg.trainer.keep_host_memory:  # as a CPU worker does; for both steps timed here
+                    keep_freed_memory()
             _init_single_process(use_gpu)
             images = _images(cfg.data.batch_size, cfg.data.image_size, cfg.seed)
         print(f"bench step: {precision} ...", file=sys.stderr)
@@ -217,6 +200,7 @@ def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: 
         "batch_size": cfg.data.batch_size,
         "codebook_size": codebook_size,
         "zero_stage": cfg.trainer.zero_stage,
+        "keep_host_memory": cfg.trainer.keep_host_memory,
         "steps": steps,
         "baseline": baseline,
         "torch": torch.__version__,

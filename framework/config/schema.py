@@ -264,6 +264,8 @@ class TrainerConfig:
     activation_checkpointing: bool = False  # recompute each encoder/decoder block in backward
     compile: bool = False  # torch.compile of both models inside their DeepSpeed engines
     compile_backend: str = "inductor"
+    # CPU workers: glibc keeps freed heap memory for the next step (vqct/host_memory.py)
+    keep_host_memory: bool = True
 
     def check(self) -> None:
         require_positive("trainer", max_steps=self.max_steps, num_workers=self.num_workers,

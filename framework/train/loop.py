@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from vqct.data.loader import NoUsableSamples, make_loader
 from vqct.errors import RunStopped
+from vqct.host_memory import keep_freed_memory
 from vqct.eval.reconstruction import evaluate_reconstruction, to_unit
 from vqct.models.discriminator import PatchDiscriminator
 from vqct.models.losses import build_perceptual
@@ -135,6 +136,8 @@ class Worker:
         self.run_dir = Path(spec.run_dir)
         torch.set_num_threads(max(1, cfg.trainer.cpus_per_worker))
         self.device = _device(cfg.trainer.use_gpu)
+        if self.device.type == "cpu" and cfg.trainer.keep_host_memory:
+            keep_freed_memory()
         deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         priors = load_priors(spec.priors_dir) if spec.priors_dir else None
