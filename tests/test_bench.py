@@ -153,3 +153,10 @@ def test_bench_data_rejects_bad_workers(tmp_path):
     proc = subprocess.run(vqct_cmd() + ["bench", "data", "--out", str(tmp_path), "--workers", "two"],
                           capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 2 and "--workers two" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_eval_rejects_bad_numbers_and_a_non_checkpoint(tmp_path):
+    for args, says in ((["--rounds", "0"], "must be positive"), ([], "not a vqct checkpoint")):
+        proc = subprocess.run(vqct_cmd() + ["bench", "eval", str(tmp_path), "--data", str(tmp_path), *args],
+                              capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

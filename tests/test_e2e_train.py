@@ -263,6 +263,18 @@ def test_vqct_vlt_with_lgvq_then_caption_from_codes(tmp_path, shapes_dir):
     assert logged["eval/retrieval_r1"] == pytest.approx(ev["retrieval_r1"])
     assert logged["eval/samples"] == 60
 
+    # vqct bench eval on the same checkpoint: three passes timed, ratios from their medians.
+    proc = subprocess.run(vqct_cmd() + ["bench", "eval", result["checkpoint"], "--data", f"{shapes_dir}/val",
+                                        "--batch-size", "16", "--samples", "20", "--rounds", "1"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bench = json.loads(proc.stdout.strip().splitlines()[-1])
+    rate = bench["images_per_s"]
+    assert bench["samples"] == 32 and bench["heads"] is True  # two whole batches of 16
+    assert bench["speedup_vs_plain"] == pytest.approx(rate["vqct"] / rate["plain"], rel=0.02)
+    assert bench["fraction_of_forward"] == pytest.approx(rate["vqct"] / rate["forward"], rel=0.02)
+
 
 def test_vqct_vlt_laion_recipe_runs_shrunk_on_cpu(tmp_path, shapes_dir):
     """The headline recipe, unchanged but for overrides: tiny model, MiniLM, CPU, shapes."""

@@ -102,3 +102,33 @@ def test_rfid_says_where_it_looked_when_weights_are_missing(tmp_path):
     fid = ReconstructionFID(tmp_path / "missing.pth", "cpu")
     fid.update(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8))
     assert fid.compute() == f"skipped: no Inception weights at {tmp_path / 'missing.pth'}"
+
+
+def test_the_cpu_evaluator_chunks_in_nhwc_and_measures_what_whole_nchw_batches_give():
+    """vqct eval's CPU path (chunks of CPU_IMAGE_CHUNK, channels-last) against the plain pass of
+    the same model over the whole batch: the same PSNR, SSIM, L1, code counts and word means."""
+    from vqct.config import load_recipe
+    from vqct.eval.evaluate import CPU_IMAGE_CHUNK, Evaluator
+    from vqct.eval.reconstruction import ReconstructionMetrics
+    from vqct.text.encoders import TextEncoder
+    from vqct.tokenizer import build_tokenizer
+
+    cfg = load_recipe("vqgan_shapes", [])
+    torch.manual_seed(0)
+    model = build_tokenizer(cfg, None).eval()
+    images = torch.rand(CPU_IMAGE_CHUNK * 2 + 3, 3, 32, 32) * 2 - 1  # two full chunks and a short one
+    captions = [f"a red square number {i}" for i in range(len(images))]
+    text = TextEncoder("all-MiniLM-L6-v2", 16)
+    with torch.no_grad():
+        zq, _, indices = model.encode(images)
+        plain = ReconstructionMetrics("cpu")
+        plain.update(images, model.decode(zq))
+        counts = model.quantizer.code_counts(indices)
+    evaluator = Evaluator(model, text, "cpu", None)
+    evaluator.update(images, captions)
+    assert next(model.parameters()).is_contiguous(memory_format=torch.channels_last)
+    got = evaluator.reconstruction.compute()
+    assert got == pytest.approx(plain.compute(), rel=1e-5)
+    assert {k: v.tolist() for k, v in evaluator.got.counts.items()} == {k: v.tolist() for k, v in counts.items()}
+    assert torch.allclose(evaluator.got.code_means[0], zq.mean((2, 3)), atol=1e-6)
+    assert len(evaluator.got.word_means[0]) == len(images)

@@ -52,7 +52,7 @@ def resolve_model_path(name: str) -> str:
 class TextEncoder(torch.nn.Module):
     def __init__(self, name: str = DEFAULT_MODEL, max_length: int = 77, device: str | torch.device = "cpu"):
         super().__init__()
-        from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModelWithProjection
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = resolve_model_path(name)
         self.name = name
@@ -60,6 +60,9 @@ class TextEncoder(torch.nn.Module):
         self.is_clip = config.model_type in ("clip", "clip_text_model")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.is_clip:
+            # Imported only for CLIP: transformers' CLIP module takes seconds to import.
+            from transformers import CLIPTextModelWithProjection
+
             self.model = CLIPTextModelWithProjection.from_pretrained(path)
             self.max_length = min(max_length, self.model.config.max_position_embeddings)
         else:
