@@ -55,7 +55,7 @@ compare: $(STAMP) $(DEMO_DATA)/manifest.json
 	  out=runs/compare/$$r-seed$$s; \
 	  test -s $$out.eval.json && continue; \
 	  $(VENV)/bin/vqct train $$r seed=$$s $(COMPARE_ARGS) | tee $$out.json || exit 1; \
-	  checkpoint=$$($(PY) -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["checkpoint"])' $$out.json); \
+	  checkpoint=$$($(PY) -c 'import sys; from vqct.records.command_output import read_last_json; print(read_last_json(sys.argv[1])["checkpoint"])' $$out.json); \
 	  $(VENV)/bin/vqct eval $$checkpoint --data $(DEMO_DATA)/val | tee $$out.eval.json || exit 1; \
 	done; done
 	$(VENV)/bin/vqct compare $(foreach r,$(COMPARE_RECIPES),$(foreach s,$(SEEDS),runs/compare/$(r)-seed$(s).json))

@@ -1,12 +1,12 @@
 """`vqct bench step` runs the real step under ZeRO-1 in both precisions and prints ratios."""
 
-import json
 import os
 import subprocess
 
 import pytest
 
 from conftest import REPO, vqct_cmd
+from vqct.records.command_output import last_json
 
 
 @pytest.mark.e2e
@@ -16,7 +16,7 @@ def test_bench_step_zero1_prints_both_precisions_and_ratios(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, timeout=600,
                           env=dict(os.environ, PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = last_json(proc.stdout)
     assert result["zero_stage"] == 1 and result["batch_size"] == 4 and result["device"]
     fp32, bf16 = result["results"]["fp32"], result["results"]["bf16"]
     assert fp32["speedup_vs_fp32"] == 1.0
@@ -31,7 +31,7 @@ def test_bench_step_against_the_plain_loop_prints_the_ratio_and_flops(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, timeout=600,
                           env=dict(os.environ, PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = last_json(proc.stdout)
     vqct = result["results"]["fp32"]
     assert result["baseline"] == "plain" and list(result["results"]) == ["fp32"]
     # the two steps start from the same weights and see the same batch
@@ -48,7 +48,7 @@ def test_bench_step_measures_each_variant_against_the_recipe(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, timeout=600,
                           env=dict(os.environ, PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = last_json(proc.stdout)
     runs = result["results"]
     assert list(runs) == ["base", "trainer.channels_last=true", "optim.adam=foreach"]
     assert runs["base"]["ratio_vs_base"] == 1.0 and result["codebook_size"] == 256
@@ -79,7 +79,7 @@ def _bench(*args):
     proc = subprocess.run(vqct_cmd() + ["bench", *args], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return last_json(proc.stdout)
 
 
 # The printed ratios are rounded to 3 decimals: compare them at that precision, not relatively

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from conftest import REPO, vqct_cmd
+from vqct.records.command_output import last_json
 
 
 def _store(tmp_path):
@@ -32,7 +33,7 @@ def _vqct(tmp_path, *args):
     proc = subprocess.run(vqct_cmd() + list(args), capture_output=True, text=True, cwd=tmp_path, timeout=120,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+    return last_json(proc.stdout), proc.stderr
 
 
 def test_recipes_lists_every_recipe_with_its_runs_and_best_run(tmp_path):

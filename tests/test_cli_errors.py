@@ -102,8 +102,8 @@ def test_vqct_width_mismatch():
 
 def test_eval_of_something_that_is_not_a_checkpoint(tmp_path):
     _assert_user_error(_run(["eval", "not-a-run", "--data", str(tmp_path)]),
-                       "neither a checkpoint directory nor an MLflow run id")
-    _assert_user_error(_run(["eval", str(tmp_path), "--data", str(tmp_path)]), "not a vqct checkpoint")
+                       "not-a-run: not a trained tokenizer here; give a checkpoint directory")
+    _assert_user_error(_run(["eval", str(tmp_path), "--data", str(tmp_path)]), "a directory, but not a trained tokenizer")
 
 
 def test_eval_of_an_unknown_run_id(tmp_path):

@@ -79,3 +79,57 @@ def test_a_value_the_recipe_leaves_to_the_user_is_not_filled_from_the_defaults()
     """`???` in vqct_coco: the schema's default shard path must not stand in for it."""
     with pytest.raises(UserError, match="needs a value for data.train_shards, data.val_shards"):
         load_recipe("vqct_coco")
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("text.max_captions=0", "text.max_captions=0 must be a positive number"),
+    ("text.knn=-1", "text.knn=-1 must be 0 or more"),
+    ("text.prompt_adj=a photo", "text.prompt_adj='a photo' must hold one '{}'"),
+    ("align.vlt.heads=3", "align.vlt.width=128 must be divisible by align.vlt.heads=3"),
+    ("align.vlt.temperature=0", "align.vlt.temperature=0.0 must be a positive number"),
+    ("align.lgvq.mtp_weight=-1", "align.lgvq.mtp_weight=-1.0 must be 0 or more"),
+    ("loss.lpips_net=resnet", "loss.lpips_net='resnet' must be one of: vgg, alex, squeeze"),
+    ("loss.lpips_backbone=no/such/file.pth", "loss.lpips_backbone='no/such/file.pth' is neither"),
+])
+def test_every_section_is_checked_when_the_recipe_loads(override, needle):
+    """Text, VLT and the LPIPS settings fail on the driver, before Ray or a worker starts."""
+    from vqct.config import load_recipe
+
+    with pytest.raises(UserError) as caught:
+        load_recipe("vqct_vlt_shapes", [override])
+    assert needle in str(caught.value)
+
+
+def test_the_tracking_uri_is_the_explicit_key_then_the_environment_then_the_default(monkeypatch):
+    from vqct.config import load_recipe
+    from vqct.config.schema import DEFAULT_TRACKING_URI
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert load_recipe("vqgan_shapes").tracking.uri == DEFAULT_TRACKING_URI == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert load_recipe("vqgan_shapes").tracking.uri == "http://127.0.0.1:5999"
+    assert load_recipe("vqct_vlt_laion", ["data.train_shards=x", "data.val_shards=x"]).tracking.uri == \
+        "http://127.0.0.1:5999"
+    explicit = load_recipe("vqgan_shapes", ["tracking.uri=sqlite:///other.db"]).tracking.uri
+    assert explicit == "sqlite:///other.db"
+
+
+def test_the_random_streams_are_the_ones_the_recorded_results_used():
+    """docs/results.md's seeded figures were made with these; a change here changes them all."""
+    from vqct.seeds import heads_seed, mask_seed, rank_seed
+
+    assert heads_seed(0) == 1_000_003 and heads_seed(2) == 1_000_005
+    assert rank_seed(3, 1) == 4
+    assert mask_seed(0, 0) == 1 and mask_seed(2, 1) == 2 * 1_000_003 + 7919 + 1
+
+
+def test_every_recipe_logs_into_its_familys_experiment():
+    """README and docs/cluster.md promise one MLflow experiment per family."""
+    from vqct.config import load_recipe, recipes_dir
+
+    for path in sorted(recipes_dir().glob("*.yaml")):
+        try:
+            cfg = load_recipe(path.stem)
+        except UserError:  # a recipe that needs its shards named
+            cfg = load_recipe(path.stem, ["data.train_shards=x", "data.val_shards=x"])
+        assert cfg.tracking.experiment == cfg.family, path.name

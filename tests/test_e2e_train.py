@@ -14,6 +14,7 @@ import torch
 
 from conftest import REPO, vqct_cmd
 from servers import start_ray_head, stop
+from vqct.records.command_output import last_json
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +28,7 @@ def _train(tmp_path, shapes_dir, *overrides, timeout=600, env=None, recipe="vqga
     proc = subprocess.run(vqct_cmd() + args, capture_output=True, text=True, cwd=tmp_path,
                           env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})), timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+    return last_json(proc.stdout), proc.stderr
 
 
 def _history(uri, run_id, key):
@@ -53,7 +54,7 @@ def test_train_zero2_then_resume_in_the_same_mlflow_run(tmp_path, shapes_dir):
     assert run.info.status == "FINISHED"
     assert run.data.tags["recipe"] == "vqgan_shapes" and run.data.tags["family"] == "vqgan"
     assert len(run.data.tags["config_hash"]) == 12 and run.data.tags["git_commit"]
-    assert run.data.params["trainer.zero_stage"] == "2"
+    assert run.data.params["trainer.zero_stage"] == "2" and run.data.metrics["perf/zero_stage"] == 2  # 2 workers
     for key in ("loss/codebook", "loss/g_adv", "loss/disc", "codebook/usage", "codebook/perplexity",
                 "perf/images_per_s", "perf/step_time_s", "data/skipped_total", "val/psnr"):
         assert key in run.data.metrics, key
@@ -88,6 +89,23 @@ def test_train_zero2_then_resume_in_the_same_mlflow_run(tmp_path, shapes_dir):
     late = statistics.mean(v for step, v in rec if step >= 25)
     assert late < 0.9 * early, rec
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_one_worker_runs_zero_0_resumes_and_loads_by_run_name(tmp_path, shapes_dir, monkeypatch):
+    """The default recipe asks for ZeRO-2; one worker has nothing to shard, so it runs stage 0,
+    says so, resumes from its stage-0 checkpoint, and the tokenizer loads by the run's name."""
+    import vqct
+
+    common = ("trainer.num_workers=1", "trainer.checkpoint_every=5", "loss.disc_start=1000",
+              "trainer.image_every=1000", "trainer.run_name=alone", "data.batch_size=8")
+    first, log = _train(tmp_path, shapes_dir, *common, "trainer.max_steps=5")
+    assert "note: trainer.zero_stage=2: running ZeRO stage 0, as one worker has nothing to shard" in log
+    second, log = _train(tmp_path, shapes_dir, *common, "trainer.max_steps=10", "trainer.resume=true")
+    assert "resumed from step 5" in log and second["steps"] == 10 and second["run_id"] == first["run_id"]
+    assert _history(second["tracking_uri"], second["run_id"], "perf/zero_stage") == [(0, 0.0), (5, 0.0)]
+    monkeypatch.chdir(tmp_path)  # where runs/ is, as a user would be
+    model, cfg = vqct.load_tokenizer("alone", heads=False)
+    assert cfg.recipe == "vqgan_shapes" and model.tokenize(torch.zeros(1, 3, 32, 32)).shape == (1, 8, 8)
 
 
 @pytest.fixture
@@ -161,7 +179,7 @@ def test_vqct_shapes_with_real_minilm_and_spacy(tmp_path, shapes_dir):
                           capture_output=True, text=True, cwd=tmp_path, timeout=300,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary = last_json(proc.stdout)
     assert summary["images"] == 60 and summary["files"] == 1
     from safetensors.torch import load_file
 
@@ -176,7 +194,7 @@ def test_vqct_shapes_with_real_minilm_and_spacy(tmp_path, shapes_dir):
                           capture_output=True, text=True, cwd=tmp_path, timeout=300,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    exported = json.loads(proc.stdout.strip().splitlines()[-1])
+    exported = last_json(proc.stdout)
     assert exported["codes"] == 64 and exported["files"] == ["config.json", "model.safetensors"]
     from vqct.data.loader import ImageCaptionStream, Loader
     from vqct.data.shards import resolve_shards
@@ -231,7 +249,7 @@ def test_vqct_vlt_with_lgvq_then_caption_from_codes(tmp_path, shapes_dir):
                           capture_output=True, text=True, cwd=tmp_path, timeout=300,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    captions = json.loads(proc.stdout.strip().splitlines()[-1])["captions"]
+    captions = last_json(proc.stdout)["captions"]
     assert len(captions) == 1 and captions[0]["image"] == str(image)
     # 8 steps: any words, but those the translation module decodes from this image's codes.
     from vqct import load_tokenizer
@@ -252,7 +270,7 @@ def test_vqct_vlt_with_lgvq_then_caption_from_codes(tmp_path, shapes_dir):
                           capture_output=True, text=True, cwd=tmp_path, timeout=300,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ev = json.loads(proc.stdout.strip().splitlines()[-1])
+    ev = last_json(proc.stdout)
     assert ev["checkpoint"] == result["checkpoint"] and ev["samples"] == 60
     assert ev["retrieval_head"] == "vlt" and 0 <= ev["retrieval_r1"] <= ev["retrieval_r5"] <= 1
     assert ev["retrieval_r1_chance"] == pytest.approx(1 / ev["retrieval_candidates"])
@@ -269,7 +287,7 @@ def test_vqct_vlt_with_lgvq_then_caption_from_codes(tmp_path, shapes_dir):
                           capture_output=True, text=True, cwd=tmp_path, timeout=300,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    bench = json.loads(proc.stdout.strip().splitlines()[-1])
+    bench = last_json(proc.stdout)
     rate = bench["images_per_s"]
     assert bench["samples"] == 32 and bench["heads"] is True  # two whole batches of 16
     assert bench["speedup_vs_plain"] == pytest.approx(rate["vqct"] / rate["plain"], rel=0.02)

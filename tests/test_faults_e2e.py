@@ -18,6 +18,7 @@ from conftest import REPO, vqct_cmd
 from fault_corpus import EXPECTED_SKIPS, write_fault_corpus
 from servers import start_ray_head, stop
 from vqct.records.checkpoint_integrity import DamagedCheckpoint, verify_checkpoint
+from vqct.records.command_output import last_json
 
 pytestmark = pytest.mark.e2e
 
@@ -92,7 +93,7 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint_in_the_same_run(tmp_p
         _kill_group(proc)
     log = (tmp_path / "train.log").read_text()
     assert proc.returncode == 0, log[-3000:]
-    result = json.loads(out.strip().splitlines()[-1])
+    result = last_json(out)
     assert result["steps"] == 60
     assert "resumed from step" in log  # the new worker group restored a checkpoint
     logged = _history_steps(result["tracking_uri"], result["run_id"], "perf/step_time_s")
@@ -151,7 +152,7 @@ def test_sigterm_stops_cleanly_and_resume_passes_over_a_damaged_checkpoint(tmp_p
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"checkpoint {newest.name} is damaged" in resumed.stderr
     assert f"resumed from step {previous}" in resumed.stderr
-    result = json.loads(resumed.stdout.strip().splitlines()[-1])
+    result = last_json(resumed.stdout)
     assert result["run_id"] == run_id and result["steps"] == target
     assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
     logged = _history_steps(uri, run_id, "perf/step_time_s")
@@ -169,7 +170,7 @@ def test_training_on_a_fault_corpus_completes_and_counts_every_skip(tmp_path, sh
                                  "trainer.checkpoint_every=30", "trainer.log_every=10"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "1 of 7 shards are missing" in proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = last_json(proc.stdout)
     assert result["steps"] == 30
     metrics = MlflowClient(result["tracking_uri"]).get_run(result["run_id"]).data.metrics
     assert metrics["data/missing_shards"] == 1 and metrics["data/train_shards"] == 6
@@ -245,5 +246,5 @@ def test_a_lost_ray_head_fails_the_run_clearly_and_it_resumes_on_a_new_cluster(t
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from step {step}" in resumed.stderr
-    result = json.loads(resumed.stdout.strip().splitlines()[-1])
+    result = last_json(resumed.stdout)
     assert result["run_id"] == run_id and result["steps"] == step + 5

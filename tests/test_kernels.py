@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 
-from vqct.kernels import lookup
-from vqct.kernels.graph import (aggregate_index_add, aggregate_sparse, gcn_aggregate, normalized_graph,
+from vqct_kernels import lookup
+from vqct_kernels.graph import (aggregate_index_add, aggregate_sparse, gcn_aggregate, normalized_graph,
                                 to_dense)
 
 triton_runs_here = pytest.mark.skipif(
@@ -37,7 +37,7 @@ def _check(idx, dist, ref_idx, ref_dist, dim):
 
 
 def _triton(z, codes, k, metric):
-    from vqct.kernels.lookup_triton import nearest_codes_triton
+    from vqct_kernels.lookup_triton import nearest_codes_triton
 
     z, codes = lookup._prepare(z, codes, metric)
     idx, dist = nearest_codes_triton(z, codes, k)
@@ -111,7 +111,7 @@ def test_normalized_graph_matches_the_dense_gcn_formula():
 @triton_runs_here
 @pytest.mark.parametrize("width", [1, 37])
 def test_triton_graph_kernel_forward_and_gradient_against_dense(width):
-    from vqct.kernels.graph_triton import aggregate_triton
+    from vqct_kernels.graph_triton import aggregate_triton
 
     graph, reference = _graph()
     x = torch.randn(reference.shape[0], width, requires_grad=True)

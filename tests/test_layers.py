@@ -22,19 +22,24 @@ LAYERS = [
     {"text", "models", "data", "kernels"},
     {"config"},
     {"records"},
-    {"errors", "files", "host_memory"},
+    {"errors", "files", "host_memory", "seeds"},
 ]
 RANK = {package: row for row, packages in enumerate(LAYERS) for package in packages}
-SOURCES = {"framework": "vqct", "kernels": "vqct.kernels"}
+# The import roots (pyproject.toml's packages.find `where`): a module's dotted name is its path
+# below one of them, so `vqct.train.loop` is framework/vqct/train/loop.py.
+ROOTS = ["framework", "kernels"]
+PACKAGES = ["vqct", "vqct_kernels"]
 
 
 def _modules() -> dict[str, Path]:
-    """Dotted module name -> file, for every module of the vqct package."""
+    """Dotted module name -> file, for every module of vqct and vqct_kernels."""
     found = {}
-    for folder, prefix in SOURCES.items():
-        for path in sorted((REPO / folder).rglob("*.py")):
-            parts = list(path.relative_to(REPO / folder).with_suffix("").parts)
-            found[".".join([prefix, *parts])] = path
+    for root in ROOTS:
+        for path in sorted((REPO / root).rglob("*.py")):
+            parts = list(path.relative_to(REPO / root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
     return found
 
 
@@ -43,8 +48,11 @@ def _where(path: Path) -> str:
 
 
 def _package(module: str) -> str:
-    """vqct.train.loop -> train; vqct.errors -> errors; vqct (the root __init__) -> __init__."""
+    """vqct.train.loop -> train; vqct.errors -> errors; vqct (the root __init__) -> __init__;
+    vqct_kernels.lookup -> kernels."""
     parts = module.split(".")
+    if parts[0] == "vqct_kernels":
+        return "kernels"
     return parts[1] if len(parts) > 1 else "__init__"
 
 
@@ -89,7 +97,7 @@ def _private(name: str) -> bool:
 
 
 def _module_aliases(tree: ast.AST) -> set[str]:
-    """Names bound to vqct modules: `import vqct.x as m`, `from vqct.kernels import lookup`."""
+    """Names bound to vqct modules: `import vqct.x as m`, `from vqct_kernels import lookup`."""
     aliases = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -112,6 +120,17 @@ def private_imports(modules: dict[str, Path]) -> list[str]:
                     and _private(node.attr)):
                 problems.append(f"{_where(path)}:{node.lineno}: uses {node.value.id}.{node.attr}, a private name")
     return problems
+
+
+def test_module_path_is_file_path():
+    """Every module imports from the file its dotted name spells, below framework/ or kernels/,
+    and nothing else sits in those roots (a tool reading imports as text finds each file)."""
+    import importlib.util
+
+    modules = _modules()
+    assert {m.split(".")[0] for m in modules} == set(PACKAGES)
+    for module, path in modules.items():
+        assert Path(importlib.util.find_spec(module).origin).resolve() == path.resolve(), module
 
 
 def test_every_package_is_placed_in_a_layer():
@@ -144,7 +163,7 @@ def test_a_planted_upward_import_is_caught(tmp_path, planted, expected):
 
 
 @pytest.mark.parametrize("planted", ["from vqct.train.loop import _last_line\n",
-                                     "from vqct.kernels import lookup\nlookup._reference = None\n"])
+                                     "from vqct_kernels import lookup\nlookup._reference = None\n"])
 def test_a_planted_private_import_is_caught(tmp_path, planted):
     modules = _modules()
     copy = tmp_path / "step.py"

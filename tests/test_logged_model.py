@@ -24,6 +24,7 @@ indices = loaded.predict(images)
 python_model = loaded.unwrap_python_model()
 pixels = np.round((images.transpose(0, 2, 3, 1) + 1) * 127.5).astype(np.uint8)
 import vqct
+from vqct.records.command_output import last_json
 print(json.dumps({
     "indices": indices.tolist(), "dtype": str(indices.dtype),
     "decoded": python_model.decode(indices).tolist(),
@@ -66,7 +67,7 @@ def test_a_registered_version_loads_as_a_pyfunc_elsewhere_and_encodes_like_the_t
                           text=True, cwd=elsewhere, timeout=300,
                           env={"MLFLOW_TRACKING_URI": uri, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = last_json(proc.stdout)
     expected = model.tokenize(torch.from_numpy(images))
     assert got["dtype"] == "int64" and torch.equal(torch.tensor(got["indices"]), expected)
     torch.testing.assert_close(torch.tensor(got["decoded"]), model.detokenize(expected), rtol=1e-5, atol=1e-5)

@@ -12,6 +12,7 @@ from conftest import REPO, vqct_cmd
 from vqct.data.loader import ImageCaptionStream, Loader
 from vqct.data.pack import PackSettings, pack, read_source
 from vqct.data.shards import resolve_shards
+from vqct.records.command_output import last_json
 
 
 def _image(path, colour=(200, 30, 30), size=(40, 30), fmt=None):
@@ -156,7 +157,7 @@ def test_coco_annotations_keep_every_caption_of_an_image(tmp_path):
     proc = _vqct("data", "pack", "coco", "--annotations", str(tmp_path / "captions_train2017.json"),
                  "--images", str(images), "--out", str(out), "--split", "train", "--workers", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = last_json(proc.stdout)
     # image 5 has no caption, 6 no file; 99 has no image entry
     assert result["packed"] == {"train": 5}
     assert result["skipped"]["missing_caption"] == 2 and result["skipped"]["missing_image"] == 1
@@ -185,7 +186,7 @@ def test_cub_trees_follow_the_official_split(tmp_path):
     proc = _vqct("data", "pack", "cub", "--images", str(root / "images"), "--text", str(tmp_path / "text_c10"),
                  "--out", str(out), "--workers", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = last_json(proc.stdout)
     assert result["packed"] == {"train": 4, "val": 2} and result["skipped"]["missing_image"] == 1
     _, captions, _ = _read_all(out / "val")
     assert len(captions) == 2 and all(c.startswith("this bird") for c in captions)
@@ -209,7 +210,7 @@ def test_a_table_of_paths_and_captions(tmp_path, kind):
     proc = _vqct("data", "pack", "table", "--table", str(table), "--image-column", "path", "--caption-column",
                  "text", "--out", str(out), "--split", "val", "--format", "keep", "--workers", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = last_json(proc.stdout)
     assert result["packed"] == {"val": 5} and result["skipped"]["missing_image"] == 1
     keys, _, _ = _read_all(out / "val")
     assert len(keys) == 5
@@ -240,7 +241,7 @@ def test_inspect_counts_shards_samples_formats_and_faults(folder, tmp_path):
         sink.write({"__key__": "b", "txt": b"caption without image"})
     proc = _vqct("data", "inspect", str(out / "train"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = last_json(proc.stdout)
     assert (result["shards"], result["samples"]) == (5, 14)
     assert [s.rsplit("/", 1)[1] for s in result["empty_shards"]] == ["empty.tar"]
     assert result["image_formats"] == {"JPEG": 12}

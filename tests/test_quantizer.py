@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from vqct.kernels import nearest_code, nearest_code_reference
+from vqct_kernels import nearest_code, nearest_code_reference
 from vqct.quantize import CodebookUsage, VectorQuantizer, perplexity
 
 

@@ -68,7 +68,7 @@ def test_vqct_submit_wait_runs_the_recipe_and_the_run_lands_in_mlflow(job_server
                                         "--address", job_server, "--wait", "--timeout", "600"],
                           capture_output=True, text=True, cwd=REPO, env=_env(), timeout=700)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = last_json(proc.stdout)
     assert result["status"] == "SUCCEEDED" and result["job_id"]
     training = result["training"]
     assert training["steps"] == 3 and training["recipe"] == "vqgan_shapes"
@@ -122,6 +122,7 @@ import vqct
 from vqct.data.loader import ImageCaptionStream, Loader
 from vqct.data.shards import resolve_shards
 from vqct.eval.reconstruction import ReconstructionMetrics
+from vqct.records.command_output import last_json
 
 loaded = mlflow.pyfunc.load_model("models:/vqgan_shapes@best")
 tokenizer = loaded.unwrap_python_model()
@@ -148,7 +149,7 @@ def _round_trip_from_the_registry_alone(tmp_path, shapes_dir, mlflow_server, eva
     proc = subprocess.run([sys.executable, "-c", _ROUND_TRIP, f"{shapes_dir}/val"], capture_output=True, text=True,
                           cwd=elsewhere, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = last_json(proc.stdout)
     assert got["agree"] and got["imported"] == []
     assert got["psnr"] == pytest.approx(evaluated["psnr"], abs=1e-3)
     assert got["l1"] == pytest.approx(evaluated["l1"], abs=1e-5)
@@ -169,23 +170,24 @@ def test_a_job_tracked_by_an_mlflow_server_registers_its_tokenizer(job_server, m
                                         "--address", job_server, "--wait", "--timeout", "600"],
                           capture_output=True, text=True, cwd=REPO, env=_env(), timeout=700)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    training = json.loads(proc.stdout.strip().splitlines()[-1])["training"]
+    training = last_json(proc.stdout)["training"]
     assert training["tracking_uri"] == mlflow_server and training["model_version"] == "1"
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     latest = client.get_model_version("vqgan_shapes", "1")
     assert latest.run_id == training["run_id"] and latest.tags["checkpoint"] == training["checkpoint"]
-    from vqct.tracking.registry import resolve_model_uri
+    from vqct.tracking.targets import resolve_tokenizer
 
-    assert resolve_model_uri("models:/vqgan_shapes@latest", mlflow_server) == training["checkpoint"]
+    resolved = resolve_tokenizer("models:/vqgan_shapes@latest", mlflow_server)
+    assert str(resolved.checkpoint) == training["checkpoint"] and resolved.run_id == training["run_id"]
     assert latest.tags["family"] == "vqgan" and len(latest.tags["config_hash"]) >= 8 and latest.tags["git_commit"]
 
     def run(*args):
         done = subprocess.run(vqct_cmd() + list(args), capture_output=True, text=True, cwd=tmp_path,
                               env=_env(), timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return last_json(done.stdout)
 
     evaluated = run("eval", training["run_id"], "--data", f"{shapes_dir}/val", "--tracking-uri", mlflow_server)
     assert evaluated["registry"] == {"registered": True, "version": "1", "metric": "psnr", "best": True,

@@ -26,7 +26,8 @@ def _version(client, experiment, tmp_path, **metrics):
 
 
 def test_best_alias_follows_the_metric_in_its_direction(store, tmp_path):
-    from vqct.tracking.registry import describe_promotion, promote_if_best, resolve_model_uri
+    from vqct.tracking.registry import describe_promotion, promote_if_best
+    from vqct.tracking.targets import resolve_tokenizer
 
     uri, client, experiment = store
     first = _version(client, experiment, tmp_path, psnr=20.0, l1=0.10)
@@ -53,20 +54,20 @@ def test_best_alias_follows_the_metric_in_its_direction(store, tmp_path):
     again = promote_if_best(uri, second, "toy", "l1")
     assert again["best"] is True and again["moved"] is False
     assert describe_promotion("toy", again) == "registry: best stays on toy version 2 (already this run's version)"
-    assert resolve_model_uri("models:/toy@best", uri) == str(tmp_path / second)
-    assert resolve_model_uri("models:/toy/1", uri) == str(tmp_path / first)
-    assert resolve_model_uri("models:/toy@latest", uri) == str(tmp_path / second)  # the newest version
+    assert resolve_tokenizer("models:/toy@best", uri).checkpoint == tmp_path / second
+    assert resolve_tokenizer("models:/toy/1", uri).checkpoint == tmp_path / first
+    assert resolve_tokenizer("models:/toy@latest", uri).checkpoint == tmp_path / second  # the newest version
 
 
 def test_unknown_models_are_user_errors(store):
     from vqct.errors import UserError
-    from vqct.tracking.registry import resolve_model_uri
+    from vqct.tracking.targets import resolve_tokenizer
 
     uri, _, _ = store
     with pytest.raises(UserError, match="not in the model registry"):
-        resolve_model_uri("models:/toy@nope", uri)
+        resolve_tokenizer("models:/toy@nope", uri)
     with pytest.raises(UserError, match="give models:/"):
-        resolve_model_uri("models:toy", uri)
+        resolve_tokenizer("models:/toy", uri)
 
 
 def test_a_registry_failure_is_one_warning_and_the_run_stays_finished(store, tmp_path, capsys):

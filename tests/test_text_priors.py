@@ -1,6 +1,5 @@
 """Text priors with the real spaCy tagger and the real all-MiniLM-L6-v2 model."""
 
-import json
 import os
 import subprocess
 
@@ -14,6 +13,7 @@ from vqct.text.encoders import TextEncoder
 from vqct.text.graph import build_graph
 from vqct.text.pos_vocab import build_vocabulary, caption_vocab, load_pipeline
 from vqct.text.priors import ensure_priors, load_priors, priors_path
+from vqct.records.command_output import last_json
 
 CAPTIONS = ["a small red circle left of a large blue square",
             "two large green triangles above a small red circle",
@@ -118,7 +118,7 @@ def test_priors_build_command(tmp_path, shapes_dir):
                                         f"text.priors_dir={tmp_path}", "text.adjectives=8", "text.nouns=8"],
                           capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = last_json(proc.stdout)
     assert result["built"] and result["captions"] == 240
     assert result["adjectives_from_captions"] + result["adjectives_from_lexicon"] == 8
 

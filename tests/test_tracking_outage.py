@@ -5,6 +5,7 @@ import pytest
 
 from servers import free_port, start_mlflow_server, stop
 from vqct.tracking.metric_logger import MetricLogger
+from vqct.records.command_output import last_json
 
 pytestmark = pytest.mark.e2e
 
@@ -88,7 +89,7 @@ def test_a_training_run_outlives_an_mlflow_outage_and_loses_no_metric(tmp_path, 
         log = (tmp_path / "train.log").read_text()
         assert proc.returncode == 0, log[-3000:]
         assert "MLflow logging failed" in log and "reachable again" in log
-        result = json.loads(out.strip().splitlines()[-1])
+        result = last_json(out)
         history = MlflowClient(url).get_metric_history(result["run_id"], "perf/step_time_s")
         assert sorted(m.step for m in history) == [1] + list(range(5, 201, 5))
         assert MlflowClient(url).get_run(result["run_id"]).info.status == "FINISHED"
