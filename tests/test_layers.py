@@ -170,3 +170,13 @@ def test_a_planted_private_import_is_caught(tmp_path, planted):
     copy.write_text(modules["vqct.train.step"].read_text() + "\n" + planted)
     problems = private_imports({"vqct.train.step": copy})
     assert len(problems) == 1 and ("_last_line" in problems[0] or "lookup._reference" in problems[0]), problems
+
+
+def test_every_vqct_path_the_docs_name_exists():
+    """`grep -rn "vqct/" docs README.md` names only files and folders of this repository."""
+    import re
+
+    named = set()
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        named |= {(doc.name, m.rstrip(".,)")) for m in re.findall(r"[\w./-]*vqct/[\w./-]*", doc.read_text())}
+    assert named and [(doc, path) for doc, path in sorted(named) if not (REPO / path).exists()] == []
