@@ -1,4 +1,5 @@
-"""`vqct bench step` runs the real step under ZeRO-1 in both precisions and prints ratios."""
+"""`vqct bench step` runs the real step in both precisions and prints ratios; one process is
+one worker, so it runs ZeRO stage 0 unless trainer.zero_when_alone keeps the recipe's stage."""
 
 import os
 import subprocess
@@ -12,12 +13,14 @@ from vqct.records.command_output import last_json
 @pytest.mark.e2e
 def test_bench_step_zero1_prints_both_precisions_and_ratios(tmp_path):
     proc = subprocess.run(vqct_cmd() + ["bench", "step", "vqgan_shapes", "trainer.zero_stage=1",
-                                        "data.batch_size=4", "--steps", "2", "--warmup", "1"],
+                                        "trainer.zero_when_alone=true", "data.batch_size=4", "--steps", "2",
+                                        "--warmup", "1"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=600,
                           env=dict(os.environ, PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = last_json(proc.stdout)
-    assert result["zero_stage"] == 1 and result["batch_size"] == 4 and result["device"]
+    assert result["zero_stage"] == result["zero_stage_configured"] == 1
+    assert result["batch_size"] == 4 and result["device"]
     fp32, bf16 = result["results"]["fp32"], result["results"]["bf16"]
     assert fp32["speedup_vs_fp32"] == 1.0
     assert bf16["speedup_vs_fp32"] == pytest.approx(bf16["images_per_s"] / fp32["images_per_s"], abs=5e-4)
@@ -34,6 +37,7 @@ def test_bench_step_against_the_plain_loop_prints_the_ratio_and_flops(tmp_path):
     result = last_json(proc.stdout)
     vqct = result["results"]["fp32"]
     assert result["baseline"] == "plain" and list(result["results"]) == ["fp32"]
+    assert (result["zero_stage"], result["zero_stage_configured"]) == (0, 2)  # the recipe's ZeRO-2, one worker
     # the two steps start from the same weights and see the same batch
     assert vqct["first_rec_l1"]["vqct"] == pytest.approx(vqct["first_rec_l1"]["plain"], abs=1e-5)
     assert vqct["ratio_vs_plain"] == pytest.approx(vqct["step_ms"] / vqct["plain"]["step_ms"], abs=2e-3)
@@ -156,7 +160,7 @@ def test_bench_data_rejects_bad_workers(tmp_path):
 
 
 def test_bench_eval_rejects_bad_numbers_and_a_non_checkpoint(tmp_path):
-    for args, says in ((["--rounds", "0"], "must be positive"), ([], "not a vqct checkpoint")):
+    for args, says in ((["--rounds", "0"], "must be positive"), ([], "a directory, but not a trained tokenizer")):
         proc = subprocess.run(vqct_cmd() + ["bench", "eval", str(tmp_path), "--data", str(tmp_path), *args],
                               capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

@@ -13,6 +13,7 @@ import torch
 from vqct.config import load_recipe
 from vqct.tokenizer import build_tokenizer
 from vqct.tokenizer.pretrained import save_pretrained
+from vqct.records.command_output import last_json
 
 _PROBE = """
 import json, sys
@@ -24,7 +25,6 @@ indices = loaded.predict(images)
 python_model = loaded.unwrap_python_model()
 pixels = np.round((images.transpose(0, 2, 3, 1) + 1) * 127.5).astype(np.uint8)
 import vqct
-from vqct.records.command_output import last_json
 print(json.dumps({
     "indices": indices.tolist(), "dtype": str(indices.dtype),
     "decoded": python_model.decode(indices).tolist(),

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import REPO, vqct_cmd
 from servers import free_port, start_mlflow_server, stop
+from vqct.records.command_output import last_json
 
 pytestmark = pytest.mark.e2e
 
@@ -122,7 +123,6 @@ import vqct
 from vqct.data.loader import ImageCaptionStream, Loader
 from vqct.data.shards import resolve_shards
 from vqct.eval.reconstruction import ReconstructionMetrics
-from vqct.records.command_output import last_json
 
 loaded = mlflow.pyfunc.load_model("models:/vqgan_shapes@best")
 tokenizer = loaded.unwrap_python_model()
