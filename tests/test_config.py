@@ -43,6 +43,9 @@ def test_a_stored_config_of_an_older_version_loads_with_todays_keys():
     cfg = config_from_dict(old, stored=True)
     assert type(cfg.quantizer) is VQCTConfig and cfg.quantizer.code_dim == 16
     assert (cfg.align.lgvq.gsa_weight, cfg.align.lgvq.mtp_weight, cfg.align.lgvq.ras_weight) == (0.5, 0.25, 0.125)
+    # Trained before align.lgvq.mask_padding existed, i.e. with padding keys masked: it stays so.
+    assert cfg.align.lgvq.mask_padding is True
+    assert config_from_dict(config_to_dict(load_recipe("lgvq_shapes")), stored=True).align.lgvq.mask_padding is False
 
 
 def test_an_interpolation_may_name_a_key_the_recipe_leaves_to_its_default(tmp_path):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from vqct.align.lgvq import (LGVQHeads, MaskedTextPredictor, VisualTokenEncoder, choose_masked, gsa_loss,
                              mask_ratio, mtp_loss, quick_gelu, ras_loss)
-from vqct.config import LGVQConfig
+from vqct.config import LGVQConfig, load_recipe
 
 CFG = LGVQConfig(layers=1, heads=1, text_heads=1, context_length=12)
 
@@ -17,7 +17,7 @@ CFG = LGVQConfig(layers=1, heads=1, text_heads=1, context_length=12)
 def test_the_defaults_are_the_official_settings():
     cfg = LGVQConfig()
     assert (cfg.temperature, cfg.layers, cfg.heads, cfg.text_layers, cfg.text_heads, cfg.text_dropout,
-            cfg.context_length) == (1.0, 2, 1, 2, 1, 0.1, 30)
+            cfg.context_length, cfg.mask_padding) == (1.0, 2, 1, 2, 1, 0.1, 30, False)
     assert (cfg.gsa_weight, cfg.mtp_weight, cfg.ras_weight) == (1e-3, 1e-2, 1e-4)  # CelebA-HQ / TextCaps
 
 
@@ -129,6 +129,167 @@ def test_the_masked_text_decoder_is_post_norm_one_head_with_a_feed_forward_as_wi
     a = predictor(tokens, pad, masked, z_vt, vocab, bias)
     b = predictor(tokens[:, order], pad, masked[:, order], z_vt, vocab, bias)
     torch.testing.assert_close(a[order[1:] - 1], b)
+
+
+# The official masked-text decoder by hand (LG_vqgan.py:208-225, decoder.py:107-132,189-208),
+# one head, plain tensor operations on the predictor's own weights.
+CONTEXT, WIDTH = 30, 8
+
+
+def _fixed_predictor(mask_padding: bool) -> MaskedTextPredictor:
+    """Two layers, one head, dropout off; every weight a fixed small value (no random draw),
+    the LayerNorms at their initial identity."""
+    predictor = MaskedTextPredictor(WIDTH, CONTEXT, heads=1, layers=2, dropout=0.1, mask_padding=mask_padding)
+    with torch.no_grad():
+        for i, (name, p) in enumerate(predictor.named_parameters()):
+            if name.startswith(("layers.0.norms", "layers.1.norms", "head.2")):
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            else:
+                p.copy_(0.4 * torch.sin(1.3 * torch.arange(p.numel(), dtype=torch.float64) + i).reshape(p.shape))
+    return predictor.double().eval()
+
+
+def _official_layer_norm(x, norm):
+    """decoder.py:144-151: biased variance, eps 1e-12."""
+    mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+    return norm.weight * (x - mean) / torch.sqrt(var + norm.eps) + norm.bias
+
+
+def _attend(attn, queries, keys, official_mask=None, key_pad=None):
+    """decoder.py:189-208,229-238 with one head: scaled dot product, masked_fill(mask == 0, -10000)."""
+    (wq, wk, wv), (bq, bk, bv) = attn.in_proj_weight.chunk(3), attn.in_proj_bias.chunk(3)
+    q, k, v = queries @ wq.t() + bq, keys @ wk.t() + bk, keys @ wv.t() + bv
+    score = q @ k.transpose(1, 2) / math.sqrt(q.shape[-1])
+    if official_mask is not None:
+        score = score.masked_fill(official_mask == 0, -10000)
+    if key_pad is not None:
+        score = score.masked_fill(key_pad.unsqueeze(1), float("-inf"))
+    return (score.softmax(-1) @ v) @ attn.out_proj.weight.t() + attn.out_proj.bias
+
+
+def _reference_logits(predictor, tokens, valid, masked, z_vt, vocab, bias, official: bool):
+    """OFFICIAL: captions padded with zeros to the 30-token context and the official mask, a
+    (B, 1, 1) count of real tokens; else padding keys masked at the batch's length."""
+    if official:
+        extra = CONTEXT - tokens.shape[1]
+        tokens = torch.cat([tokens, torch.zeros(tokens.shape[0], extra, tokens.shape[2], dtype=tokens.dtype)], 1)
+        valid = torch.cat([valid, torch.zeros(valid.shape[0], extra, dtype=torch.bool)], 1)
+        masked = torch.cat([masked, torch.zeros(masked.shape[0], extra, dtype=torch.bool)], 1)
+    mask_padding = valid.to(tokens.dtype)
+    slots = predictor.mask_tokens[:tokens.shape[1]]
+    x = torch.where(masked.unsqueeze(-1), slots, tokens) * mask_padding.unsqueeze(-1)  # LG_vqgan.py:210-213
+    official_mask = key_pad = None
+    if official:
+        row = mask_padding.unsqueeze(1)  # B x 1 x N
+        official_mask = row @ row.permute(0, 2, 1)  # (B x 1 x N) @ (B x N x 1): LG_vqgan.py:215-217
+        assert official_mask.shape == (tokens.shape[0], 1, 1)
+        assert torch.equal(official_mask.flatten(), mask_padding.sum(1))  # the count: never 0
+    else:
+        key_pad = ~valid
+    for layer in predictor.layers:
+        x = _official_layer_norm(x + _attend(layer.self_attn, x, x, official_mask, key_pad), layer.norms[0])
+        x = _official_layer_norm(x + _attend(layer.cross_attn, x, z_vt), layer.norms[1])
+        first, _, _, second = layer.ffn
+        ffn = torch.relu(x @ first.weight.t() + first.bias) @ second.weight.t() + second.bias
+        x = _official_layer_norm(x + ffn, layer.norms[2])
+    linear, _, norm = predictor.head
+    h = F.gelu(x @ linear.weight.t() + linear.bias)
+    h = (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + norm.eps)
+    return ((h * norm.weight + norm.bias) @ vocab.t() + bias)[masked]
+
+
+def _reference_mtp(logits, targets):
+    """LabelSmoothingCrossEntropy(0.1) averaged over the masked tokens (LG_vqgan.py:231-242)."""
+    logp = logits.log_softmax(-1)
+    per_token = 0.9 * -logp.gather(1, targets.unsqueeze(1)).squeeze(1) - 0.1 * logp.mean(-1)
+    return per_token.mean()
+
+
+def _padded_batch(length=6):
+    """Two captions in a batch padded to its longest (6): 4 and 6 real tokens, words masked in each."""
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(2, length, WIDTH, generator=g, dtype=torch.float64)
+    valid = torch.zeros(2, length, dtype=torch.bool)
+    valid[0, :4] = True
+    valid[1, :6] = True
+    masked = torch.zeros(2, length, dtype=torch.bool)
+    masked[0, [1, 2]] = True
+    masked[1, [2, 4]] = True
+    z_vt = torch.randn(2, 5, WIDTH, generator=g, dtype=torch.float64)
+    vocab, bias = torch.randn(11, WIDTH, generator=g), torch.randn(11, generator=g) * 0.1
+    targets = torch.tensor([3, 7, 1, 9])
+    return tokens, valid, masked, z_vt, vocab, bias, targets
+
+
+def test_the_official_decoder_attends_to_the_zeroed_padding_of_a_fixed_30_token_context():
+    """Default: the caption in a 30-token context, every word attending to the zeroed padding
+    (the official mask, a B x 1 x 1 count, masks nothing): logits, L_mtp and its gradient as
+    the hand-computed official decoder gives them."""
+    predictor = _fixed_predictor(mask_padding=False)
+    assert not LGVQConfig().mask_padding and not predictor.mask_padding
+    tokens, valid, masked, z_vt, vocab, bias, targets = _padded_batch()
+    z_vt.requires_grad_(True)
+    logits = predictor(tokens, ~valid, masked, z_vt, vocab, bias)
+    (grad,) = torch.autograd.grad(mtp_loss(logits, targets), z_vt)
+    expected = _reference_logits(predictor, tokens, valid, masked, z_vt, vocab.double(), bias.double(), True)
+    (expected_grad,) = torch.autograd.grad(_reference_mtp(expected, targets), z_vt)
+    torch.testing.assert_close(logits.double(), expected, atol=1e-6, rtol=1e-6)
+    assert mtp_loss(logits, targets).item() == pytest.approx(_reference_mtp(expected, targets).item(), rel=1e-6)
+    torch.testing.assert_close(grad, expected_grad, atol=1e-6, rtol=1e-5)
+    # The context is fixed: a batch padded to 30 already (whatever its padding features) gives the same.
+    extra = CONTEXT - tokens.shape[1]
+    padded = (torch.cat([tokens, torch.randn(2, extra, WIDTH, dtype=torch.float64)], 1),
+              torch.cat([~valid, torch.ones(2, extra, dtype=torch.bool)], 1),
+              torch.cat([masked, torch.zeros(2, extra, dtype=torch.bool)], 1))
+    torch.testing.assert_close(predictor(*padded, z_vt, vocab, bias), logits, atol=1e-6, rtol=1e-6)
+    # The padding is attended to: the same captions in a 12-token context predict otherwise.
+    shorter = MaskedTextPredictor(WIDTH, 12, heads=1, layers=2, dropout=0.1).double().eval()
+    shorter.load_state_dict({k: v[:12] if k == "mask_tokens" else v for k, v in predictor.state_dict().items()})
+    assert (shorter(tokens, ~valid, masked, z_vt, vocab, bias) - logits).abs().max() > 1e-3
+
+
+def test_the_masked_form_masks_padding_keys_as_an_option():
+    """mask_padding=True: padding keys masked, so the context's length and the padding's
+    features do not matter; logits and L_mtp as the hand-computed masked decoder gives them."""
+    predictor = _fixed_predictor(mask_padding=True)
+    tokens, valid, masked, z_vt, vocab, bias, targets = _padded_batch()
+    logits = predictor(tokens, ~valid, masked, z_vt, vocab, bias)
+    expected = _reference_logits(predictor, tokens, valid, masked, z_vt, vocab.double(), bias.double(), False)
+    torch.testing.assert_close(logits.double(), expected, atol=1e-6, rtol=1e-6)
+    assert mtp_loss(logits, targets).item() == pytest.approx(_reference_mtp(expected, targets).item(), rel=1e-6)
+    garbage = tokens.clone()
+    garbage[~valid] = 5.0
+    torch.testing.assert_close(predictor(garbage, ~valid, masked, z_vt, vocab, bias), logits, atol=1e-6, rtol=1e-6)
+
+
+def test_the_two_decoder_forms_differ_on_padded_captions_and_agree_on_a_full_context():
+    official, masked_form = _fixed_predictor(mask_padding=False), _fixed_predictor(mask_padding=True)
+    tokens, valid, masked, z_vt, vocab, bias, targets = _padded_batch()
+    a = official(tokens, ~valid, masked, z_vt, vocab, bias)
+    b = masked_form(tokens, ~valid, masked, z_vt, vocab, bias)
+    assert (a - b).abs().max() > 1e-3
+    assert abs(mtp_loss(a, targets).item() - mtp_loss(b, targets).item()) > 1e-4
+    # Captions that fill the 30-token context: nothing to pad, nothing to mask, the same logits.
+    full_tokens, full_valid, full_masked, z_vt, vocab, bias, targets = _padded_batch(length=CONTEXT)
+    full_valid[:] = True
+    a = official(full_tokens, ~full_valid, full_masked, z_vt, vocab, bias)
+    b = masked_form(full_tokens, ~full_valid, full_masked, z_vt, vocab, bias)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    expected = _reference_logits(official, full_tokens, full_valid, full_masked, z_vt, vocab.double(),
+                                 bias.double(), True)
+    torch.testing.assert_close(a.double(), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_the_lgvq_recipes_run_the_official_decoder_and_the_heads_follow_the_key():
+    shards = ["data.train_shards=x", "data.val_shards=x"]
+    for recipe, overrides in (("lgvq_shapes", []), ("vqct_lgvq_shapes", []), ("lgvq_cub", shards)):
+        assert load_recipe(recipe, overrides).align.lgvq.mask_padding is False, recipe
+    assert load_recipe("lgvq_shapes", ["align.lgvq.mask_padding=true"]).align.lgvq.mask_padding is True
+    for mask_padding in (False, True):
+        cfg = LGVQConfig(layers=1, heads=1, text_heads=1, context_length=12, mask_padding=mask_padding)
+        heads = LGVQHeads(code_channels=8, num_tokens=4, text_width=12, sentence_width=12,
+                          token_embeddings=torch.randn(50, 12), cfg=cfg)
+        assert heads.predictor.mask_padding is mask_padding
 
 
 def _heads(sentence_width=12):

@@ -9,7 +9,9 @@ tokens, no input layer) and gives Z_vt in the text model's width, position 0 a C
   cosine logits (temperature 1), text side detached;
 - L_mtp: caption tokens masked (ratio from a truncated normal, each token independently) and
   predicted by post-norm decoder layers that cross-attend to Z_vt; logits against the frozen
-  token-embedding matrix plus a bias, label smoothing 0.1, masked tokens only;
+  token-embedding matrix plus a bias, label smoothing 0.1, masked tokens only. As in the
+  official code the caption sits in a fixed context_length-token context whose zeroed padding
+  every word attends to (its padding mask masks nothing); mask_padding=True masks those keys;
 - L_ras: each caption token picks the Z_vt position most similar to it; the code there,
   projected (Linear-GELU-LayerNorm) and signed by that similarity, gives a Gram matrix matched
   (MSE over every B x T x T entry) to the detached Gram matrix of the token features.
@@ -93,9 +95,10 @@ def masked_caption_tokens(text_encoder, text: dict, masked: torch.Tensor) -> tor
 
 
 class PostNormDecoderLayer(nn.Module):
-    """One layer of LG-VQ's masked-text decoder: self-attention over the caption (padding
-    masked), cross-attention to Z_vt, feed-forward (ReLU) as wide as the model, each followed
-    by dropout, the residual and LayerNorm (eps 1e-12); no dropout on attention weights."""
+    """One layer of LG-VQ's masked-text decoder: self-attention over the caption (keys where
+    PAD is True masked; PAD None masks nothing, as the official code does), cross-attention to
+    Z_vt, feed-forward (ReLU) as wide as the model, each followed by dropout, the residual and
+    LayerNorm (eps 1e-12); no dropout on attention weights."""
 
     def __init__(self, width: int, heads: int, dropout: float):
         super().__init__()
@@ -110,7 +113,7 @@ class PostNormDecoderLayer(nn.Module):
         for linear in (self.ffn[0], self.ffn[3]):
             nn.init.normal_(linear.weight, std=width ** -0.5)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
         x = self.norms[0](x + self.drops[0](self.self_attn(x, x, x, key_padding_mask=pad, need_weights=False)[0]))
         x = self.norms[1](x + self.drops[1](self.cross_attn(x, memory, memory, need_weights=False)[0]))
         return self.norms[2](x + self.drops[2](self.ffn(x)))
@@ -118,23 +121,38 @@ class PostNormDecoderLayer(nn.Module):
 
 class MaskedTextPredictor(nn.Module):
     """f_m: masked positions take a learned token (one per position, N(0, 0.01)), padding is
-    zeroed, no positions are added; then the decoder layers and a Linear-GELU-LayerNorm head."""
+    zeroed, no positions are added; then the decoder layers and a Linear-GELU-LayerNorm head.
 
-    def __init__(self, text_width: int, context_length: int, heads: int, layers: int, dropout: float):
+    MASK_PADDING False (the official code's decoder): the caption is padded with zeroed
+    positions to the fixed CONTEXT_LENGTH and every word attends to them (the official padding
+    mask is a B x 1 x 1 count of real tokens, never 0: it masks nothing). True: the caption
+    stays as long as the batch's longest and padding keys are masked."""
+
+    def __init__(self, text_width: int, context_length: int, heads: int, layers: int, dropout: float,
+                 mask_padding: bool = False):
         super().__init__()
         self.mask_tokens = nn.Parameter(torch.randn(context_length, text_width) * 0.01)
         self.layers = nn.ModuleList(PostNormDecoderLayer(text_width, heads, dropout) for _ in range(layers))
         self.head = nn.Sequential(nn.Linear(text_width, text_width), nn.GELU(), nn.LayerNorm(text_width))
+        self.mask_padding = mask_padding
 
     def forward(self, tokens: torch.Tensor, pad: torch.Tensor, masked: torch.Tensor, z_vt: torch.Tensor,
                 vocab_embeddings: torch.Tensor, vocab_bias: torch.Tensor) -> torch.Tensor:
         """Logits (masked positions, vocabulary), in the row-major order of MASKED. Only the masked
         positions meet the vocabulary: the (B*T, 30k+) product is most of the head's cost."""
-        length = tokens.shape[1]
-        slots = self.mask_tokens[:length].unsqueeze(0).to(tokens.dtype)
+        context = self.mask_tokens.shape[0]
+        if tokens.shape[1] > context:
+            raise ValueError(f"captions of {tokens.shape[1]} tokens exceed align.lgvq.context_length={context}")
+        if not self.mask_padding and tokens.shape[1] < context:  # the official fixed context
+            extra = context - tokens.shape[1]
+            tokens = torch.cat([tokens, tokens.new_zeros(tokens.shape[0], extra, tokens.shape[2])], 1)
+            pad = torch.cat([pad, pad.new_ones(pad.shape[0], extra)], 1)
+            masked = torch.cat([masked, masked.new_zeros(masked.shape[0], extra)], 1)
+        slots = self.mask_tokens[:tokens.shape[1]].unsqueeze(0).to(tokens.dtype)
         x = torch.where(masked.unsqueeze(-1), slots, tokens) * (~pad).unsqueeze(-1).to(tokens.dtype)
+        key_mask = pad if self.mask_padding else None
         for layer in self.layers:
-            x = layer(x, z_vt, pad)
+            x = layer(x, z_vt, key_mask)
         h = self.head(x)[masked]
         return h.float() @ vocab_embeddings.float().t() + vocab_bias.float()
 
@@ -191,7 +209,7 @@ class LGVQHeads(nn.Module):
         self.to_sentence = (nn.Identity() if sentence_width == text_width
                             else nn.Linear(text_width, sentence_width, bias=False))
         self.predictor = MaskedTextPredictor(text_width, cfg.context_length, cfg.text_heads, cfg.text_layers,
-                                             cfg.text_dropout)
+                                             cfg.text_dropout, cfg.mask_padding)
         self.code_proj = CodeProjection(code_channels, text_width)
         self.register_buffer("vocab_embeddings", token_embeddings.detach().float(), persistent=False)
         self.vocab_bias = nn.Parameter(torch.zeros(token_embeddings.shape[0]))

@@ -165,6 +165,11 @@ class LGVQConfig:
     text_heads: int = 1
     text_dropout: float = 0.1
     context_length: int = 30  # caption tokens
+    # False: the official code's masked-text decoder: the caption sits in a fixed
+    # context_length-token context whose zeroed padding positions every word attends to (its
+    # padding mask is a B x 1 x 1 count of real tokens and masks nothing). True: padding keys
+    # masked, captions padded to the batch's longest (what vqct did before).
+    mask_padding: bool = False
     # True: the text model encodes the caption with the masked words replaced, so that no
     # feature carries them. False: the official construction (the whole caption encoded,
     # masked positions' features swapped afterwards), which leaks the masked words into

@@ -28,6 +28,12 @@ REMOVED = {
     "align.lgvq.width": "f_vt's width is the quantized map's channels, as in LG-VQ's code (model.embed_dim)",
 }
 
+# Keys added with a default that changes what runs: a stored config without one was trained
+# the old way, and loads with the old value (recipes get today's default).
+ADDED = {
+    "align.lgvq.mask_padding": True,  # before: padding keys masked; now the official decoder's form
+}
+
 
 SECTION_TYPES = section_types()
 
@@ -54,7 +60,8 @@ def _pop_path(raw: dict, dotted: str) -> tuple[bool, Any]:
 
 
 def _renamed(raw: dict, stored: bool) -> dict:
-    """Recipes using an old key are refused with the new one named; stored configs are moved over."""
+    """Recipes using an old key are refused with the new one named; stored configs are moved
+    over, and get the old value of each key added since they were written."""
     for old, why in REMOVED.items():
         found, _ = _pop_path(raw, old)
         if found and not stored:
@@ -70,6 +77,13 @@ def _renamed(raw: dict, stored: bool) -> dict:
         for key in parents:
             node = node.setdefault(key, {})
         node.setdefault(leaf, value)
+    if stored:
+        for key, before in ADDED.items():
+            *parents, leaf = key.split(".")
+            node = raw
+            for name in parents:
+                node = node.setdefault(name, {})
+            node.setdefault(leaf, before)
     return raw
 
 
