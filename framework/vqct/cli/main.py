@@ -28,6 +28,14 @@ def _cmd_data_shapes(args: argparse.Namespace) -> dict:
                         args.seed, args.val_fraction)
 
 
+def _cmd_data_scenes(args: argparse.Namespace) -> dict:
+    from vqct.data.scenes.write import ScenesSettings, write_scenes
+
+    settings = ScenesSettings(args.num_samples, args.val, args.test, args.test_compositional, args.image_size,
+                              args.samples_per_shard, args.seed)
+    return write_scenes(args.out, settings, max(1, args.workers))
+
+
 def _cmd_data_pack(args: argparse.Namespace) -> dict:
     from vqct.data.pack import PackSettings, pack, read_source
 
@@ -277,6 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--val-fraction", type=float, default=0.1, help="held-out share")
     shapes.set_defaults(func=_cmd_data_shapes)
+    scenes = data_sub.add_parser("scenes", help="write the scenes world (objects, captions, segmentation, scene "
+                                 "graphs, questions) as shards: train, val, test, test_compositional")
+    scenes.add_argument("--out", required=True, help="output directory (one folder per split inside)")
+    scenes.add_argument("--num-samples", type=int, default=10000, help="training scenes")
+    scenes.add_argument("--val", type=int, default=500, help="validation scenes")
+    scenes.add_argument("--test", type=int, default=500, help="test scenes")
+    scenes.add_argument("--test-compositional", type=int, default=500,
+                        help="test scenes that each show a (colour, shape) pair no other split shows")
+    scenes.add_argument("--image-size", type=int, default=64, help="64, 128 or 256")
+    scenes.add_argument("--samples-per-shard", type=int, default=1000)
+    scenes.add_argument("--seed", type=int, default=0)
+    scenes.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="writer processes")
+    scenes.set_defaults(func=_cmd_data_scenes)
 
     pack = data_sub.add_parser("pack", help="pack images and captions into shards (img2dataset layout)",
                                description="Layouts: folder (images with same-named .txt captions), coco "

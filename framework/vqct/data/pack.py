@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterable
 
 from vqct.data.pack_sources import Item
+from vqct.data.shard_manifest import intact, read_manifest, shard_entry
 from vqct.errors import UserError
 from vqct.files import atomic_write_text, sha256_file
 
@@ -203,30 +204,16 @@ def write_shard(path: str, first_key: int, items: list[Item], settings: PackSett
                         "json": json.dumps(meta).encode()})
             written += 1
     os.replace(tmp, path)
-    entry = {"name": Path(path).name, "samples": written, "bytes": os.path.getsize(path),
-             "sha256": sha256_file(Path(path))}
-    return {"entry": entry, "skipped": asdict(skipped)}
+    return {"entry": shard_entry(Path(path), written), "skipped": asdict(skipped)}
 
 
 # ---- one split ------------------------------------------------------------------------------
-def _read_manifest(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _intact(directory: Path, entry: dict) -> bool:
-    path = directory / entry["name"]
-    return path.is_file() and path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]
-
-
 def pack_split(out: Path, split: str, shards: list[list[Item]], settings: PackSettings, workers: int,
                skipped: Skipped, force: bool, bar) -> dict:
     directory = out / split
     directory.mkdir(parents=True, exist_ok=True)
     digest = plan_digest(split, shards, settings)
-    previous = _read_manifest(directory / "manifest.json")
+    previous = read_manifest(directory / "manifest.json")
     if previous and previous.get("plan") != digest and not force:
         raise UserError(f"{directory} was packed from other inputs or settings: pass --force to pack it "
                         "again from scratch, or choose another --out")
@@ -237,7 +224,7 @@ def pack_split(out: Path, split: str, shards: list[list[Item]], settings: PackSe
     skips_by_shard: dict[str, dict] = {}
     jobs = []
     for name, items, first in zip(names, shards, _first_keys(shards)):
-        if name in done and _intact(directory, done[name]):
+        if name in done and intact(directory, done[name]):
             entries[name] = done[name]
             skips_by_shard[name] = kept_skips.get(name, asdict(Skipped()))
             bar.update(len(items))
