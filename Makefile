@@ -1,6 +1,8 @@
 # vqct — every target sets itself up from nothing (a fresh clone has no .venv).
 #   make demo   generate shapes shards and train the VQCT recipe (2 Ray workers, ZeRO-2, CPU)
 #   make compare  the five shapes recipes under the same settings, each evaluated, then a table
+#                 (DATA=scenes: the five scenes recipes on the scenes world)
+#   make capacity vqgan_scenes with 1,024 and with 64 codes over three seeds
 #   make test   the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -23,14 +25,36 @@ export PYTHONUNBUFFERED ?= 1
 
 DEMO_DATA ?= data/shapes
 DEMO_ARGS ?=
-# make compare: the five shapes recipes over SEEDS with the same steps, image size and codebook
-# capacity (256 codes: vqgan_shapes' 256 = vqct_shapes' 128 adjectives + 128 nouns), each run
-# followed by vqct eval on the held-out shards, then one table of mean ± sd per recipe.
-COMPARE_RECIPES ?= vqgan_shapes vqct_shapes lgvq_shapes vqct_lgvq_shapes vqct_vlt_shapes
+SCENES_DATA ?= data/scenes
+SCENES_PARSER ?= parsers/scenes64.pt
+# make compare: the five recipes of DATA (shapes or scenes) over SEEDS with the same steps, image
+# size and codebook capacity (shapes: 256 codes, vqgan_shapes' 256 = vqct_shapes' 128 adjectives
+# + 128 nouns; scenes: 1,024 = 512 + 512), each run followed by vqct eval on the held-out
+# shards, then one table of mean ± sd per recipe. Finished runs are kept: rerun to resume.
+DATA ?= shapes
 SEEDS ?= 0 1 2
+ifeq ($(DATA),scenes)
+COMPARE_DATA := $(SCENES_DATA)
+COMPARE_RECIPES ?= vqgan_scenes vqct_scenes lgvq_scenes vqct_lgvq_scenes vqct_vlt_scenes
+COMPARE_ARGS ?=
+COMPARE_OUT ?= runs/compare-scenes
+COMPARE_NEEDS := $(SCENES_DATA)/manifest.json $(SCENES_PARSER)
+COMPARE_EVAL_ARGS := --parser $(SCENES_PARSER)
+else ifeq ($(DATA),shapes)
+COMPARE_DATA := $(DEMO_DATA)
+COMPARE_RECIPES ?= vqgan_shapes vqct_shapes lgvq_shapes vqct_lgvq_shapes vqct_vlt_shapes
 COMPARE_ARGS ?= trainer.max_steps=800 data.image_size=32
+COMPARE_OUT ?= runs/compare
+COMPARE_NEEDS := $(DEMO_DATA)/manifest.json
+COMPARE_EVAL_ARGS :=
+else
+$(error DATA=$(DATA): give DATA=shapes or DATA=scenes)
+endif
+# make capacity: vqgan_scenes with CAPACITY_CODES codes over SEEDS (the scenes set must need
+# its 1,024 codes: docs/results.md, "Scenes").
+CAPACITY_CODES ?= 1024 64
 
-.PHONY: setup cluster-tools demo compare test test-fast clean
+.PHONY: setup cluster-tools demo compare capacity test test-fast clean
 
 setup: $(STAMP)
 
@@ -49,16 +73,35 @@ $(DEMO_DATA)/manifest.json: | $(STAMP)
 demo: $(STAMP) $(DEMO_DATA)/manifest.json
 	$(VENV)/bin/vqct train vqct_shapes $(DEMO_ARGS)
 
-compare: $(STAMP) $(DEMO_DATA)/manifest.json
-	@mkdir -p runs/compare
+$(SCENES_DATA)/manifest.json: | $(STAMP)
+	$(VENV)/bin/vqct data scenes --out $(SCENES_DATA) --num-samples 20000 --val 1000 --image-size 64 --seed 0
+
+# The judge of object shapes in vqct eval (docs/data.md, "The scene parser").
+$(SCENES_PARSER): | $(STAMP) $(SCENES_DATA)/manifest.json
+	$(VENV)/bin/vqct parser --data $(SCENES_DATA)/train --val $(SCENES_DATA)/test --out $@
+
+# train_eval OUT RECIPE ARGS DATA EVAL_ARGS: train unless OUT.eval.json exists, then evaluate on
+# DATA's held-out shards.
+define train_eval
+test -s $(1).eval.json || { \
+  $(VENV)/bin/vqct train $(2) $(3) | tee $(1).json && \
+  checkpoint=$$($(PY) -c 'import sys; from vqct.records.command_output import read_last_json; print(read_last_json(sys.argv[1])["checkpoint"])' $(1).json) && \
+  $(VENV)/bin/vqct eval $$checkpoint --data $(4)/val $(5) | tee $(1).eval.json; }
+endef
+
+compare: $(STAMP) $(COMPARE_NEEDS)
+	@mkdir -p $(COMPARE_OUT)
 	set -o pipefail; for r in $(COMPARE_RECIPES); do for s in $(SEEDS); do \
-	  out=runs/compare/$$r-seed$$s; \
-	  test -s $$out.eval.json && continue; \
-	  $(VENV)/bin/vqct train $$r seed=$$s $(COMPARE_ARGS) | tee $$out.json || exit 1; \
-	  checkpoint=$$($(PY) -c 'import sys; from vqct.records.command_output import read_last_json; print(read_last_json(sys.argv[1])["checkpoint"])' $$out.json); \
-	  $(VENV)/bin/vqct eval $$checkpoint --data $(DEMO_DATA)/val | tee $$out.eval.json || exit 1; \
+	  $(call train_eval,$(COMPARE_OUT)/$$r-seed$$s,$$r,seed=$$s $(COMPARE_ARGS),$(COMPARE_DATA),$(COMPARE_EVAL_ARGS)) || exit 1; \
 	done; done
-	$(VENV)/bin/vqct compare $(foreach r,$(COMPARE_RECIPES),$(foreach s,$(SEEDS),runs/compare/$(r)-seed$(s).json))
+	$(VENV)/bin/vqct compare $(foreach r,$(COMPARE_RECIPES),$(foreach s,$(SEEDS),$(COMPARE_OUT)/$(r)-seed$(s).json))
+
+capacity: $(STAMP) $(SCENES_DATA)/manifest.json $(SCENES_PARSER)
+	@mkdir -p runs/capacity
+	set -o pipefail; for s in $(SEEDS); do for k in $(CAPACITY_CODES); do \
+	  $(call train_eval,runs/capacity/codes$$k-seed$$s,vqgan_scenes,seed=$$s quantizer.codebook_size=$$k trainer.run_name=capacity-codes$$k-seed$$s,$(SCENES_DATA),--parser $(SCENES_PARSER)) || exit 1; \
+	done; done
+	$(VENV)/bin/vqct compare $(foreach s,$(SEEDS),$(foreach k,$(CAPACITY_CODES),runs/capacity/codes$(k)-seed$(s).json))
 
 # The SLURM tests start a one-node cluster from Debian's slurm-wlm (daemons on 127.0.0.1).
 cluster-tools:
@@ -76,4 +119,4 @@ test-fast: $(STAMP)
 	$(PY) -m pytest tests -m "not e2e"
 
 clean:
-	rm -rf runs mlflow.db mlartifacts data/shapes .pytest_cache
+	rm -rf runs mlflow.db mlartifacts data/shapes data/scenes parsers .pytest_cache

@@ -85,3 +85,32 @@ def test_compare_of_result_files_gives_mean_and_spread_per_recipe(tmp_path):
     assert lgvq["psnr"] == {"mean": 21.0, "sd": None} and lgvq["runs"] == 1
     table = results_table(result["runs"])
     assert "| vqgan_shapes | 2 | 800 ± 0 | 60.0% ± 14.1%" in table and "| lgvq_shapes | 1 | 800 | 90.0%" in table
+
+
+def test_compare_gives_a_row_per_codebook_size_when_one_recipe_ran_at_several(tmp_path):
+    import json
+
+    from vqct.tracking.compare import compare_results
+
+    paths = []
+    for codes, seed, psnr in [(1024, 0, 24.0), (64, 0, 21.0), (1024, 1, 26.0), (64, 1, 22.0)]:
+        path = tmp_path / f"codes{codes}-seed{seed}.json"
+        path.write_text(json.dumps({"recipe": "vqgan_scenes", "seed": seed, "codes": codes, "psnr": psnr}) + "\n")
+        paths.append(str(path))
+    big, small = compare_results(paths)["compare"]
+    assert (big["recipe"], big["seeds"], big["psnr"]["mean"]) == ("vqgan_scenes (1024 codes)", [0, 1], 25.0)
+    assert (small["recipe"], small["seeds"], small["psnr"]["mean"]) == ("vqgan_scenes (64 codes)", [0, 1], 21.5)
+
+
+def test_the_scenes_recipes_are_the_shapes_recipes_on_the_scenes_world_with_1024_codes():
+    from vqct.config import load_recipe
+
+    for family_recipe in ("vqgan", "lgvq", "vqct", "vqct_lgvq", "vqct_vlt"):
+        scenes, shapes = load_recipe(f"{family_recipe}_scenes"), load_recipe(f"{family_recipe}_shapes")
+        assert (scenes.family, scenes.align) == (shapes.family, shapes.align)
+        assert (scenes.data.train_shards, scenes.data.image_size, scenes.trainer.max_steps) == \
+            ("data/scenes/train", 64, 800)
+        if scenes.quantizer.name == "vq":
+            assert scenes.quantizer.codebook_size == 1024
+        else:
+            assert (scenes.text.adjectives, scenes.text.nouns, scenes.text.min_count) == (512, 512, 10)

@@ -11,7 +11,8 @@ import webdataset as wds
 from vqct.data.decode import encode_image
 from vqct.data.scenes.render import render
 from vqct.data.scenes.world import COLOURS, PATTERNS, RELATIONS, SHAPES, SIZES, SceneGraph, compositional_holdout
-from vqct.data.scenes.write import SPLITS, ScenesSettings, read_maps, write_scenes
+from vqct.data.scenes.truth import read_maps
+from vqct.data.scenes.write import SPLITS, ScenesSettings, write_scenes
 from vqct.files import sha256_file
 
 SETTINGS = ScenesSettings(train=60, val=20, test=20, test_compositional=20, samples_per_shard=25, seed=3)

@@ -158,7 +158,19 @@ def _cmd_eval(args: argparse.Namespace) -> dict:
     if args.batch_size <= 0 or (args.max_samples is not None and args.max_samples <= 0):
         raise UserError("--batch-size and --max-samples must be positive numbers")
     return evaluate(resolve_target(args), args.data, args.batch_size, args.max_samples, args.inception_weights,
-                    args.tracking_uri, args.best_metric, not args.no_promote)
+                    args.tracking_uri, args.best_metric, not args.no_promote, args.parser)
+
+
+def _cmd_parser(args: argparse.Namespace) -> dict:
+    from vqct.data.shards import resolve_shards
+
+    if min(args.steps, args.batch_size, args.limit, args.width) <= 0:
+        raise UserError("--steps, --batch-size, --limit and --width must be positive numbers")
+    train, val = resolve_shards(args.data, "--data"), resolve_shards(args.val, "--val")
+    from vqct.eval.parser_train import train_parser
+
+    return train_parser(train, val, args.out, args.image_size, args.steps, args.batch_size, args.lr, args.width,
+                        args.limit, args.seed)
 
 
 def _cmd_bench_step(args: argparse.Namespace) -> dict:
@@ -372,7 +384,23 @@ def build_parser() -> argparse.ArgumentParser:
                           "alias in the model registry (lower is better for l1, rfid and the MSEs)")
     evaluate.add_argument("--no-promote", action="store_true", help="leave the `best` alias where it is "
                           "(the result still says whether this run would take it)")
+    evaluate.add_argument("--parser", help="a scene parser from vqct parser: on scenes shards, whether each "
+                          "reconstructed object keeps its shape class")
     evaluate.set_defaults(func=_cmd_eval)
+
+    parser_cmd = sub.add_parser("parser", help="train the scene parser (shape class per pixel) on scenes shards "
+                                "and measure it on held-out ones; vqct eval --parser uses it as a judge")
+    parser_cmd.add_argument("--data", required=True, help="scenes training shards (vqct data scenes)")
+    parser_cmd.add_argument("--val", required=True, help="held-out scenes shards, for the parser's own accuracy")
+    parser_cmd.add_argument("--out", required=True, help="the file to write (weights and the accuracy figures)")
+    parser_cmd.add_argument("--image-size", type=int, default=64)
+    parser_cmd.add_argument("--steps", type=int, default=2000)
+    parser_cmd.add_argument("--batch-size", type=int, default=32)
+    parser_cmd.add_argument("--lr", type=float, default=2e-3)
+    parser_cmd.add_argument("--width", type=int, default=16, help="channels of the first level (x2, x4, x4 below)")
+    parser_cmd.add_argument("--limit", type=int, default=8000, help="training scenes held in memory")
+    parser_cmd.add_argument("--seed", type=int, default=0)
+    parser_cmd.set_defaults(func=_cmd_parser)
 
     bench = sub.add_parser("bench", help="benchmarks (ratios against a baseline measured in the same run)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)

@@ -1,7 +1,9 @@
 """`vqct eval TARGET --data SHARDS`: one pass over held-out image-caption pairs. TARGET is a
 trained tokenizer in any form vqct.tracking.targets accepts.
 
-Measures reconstruction (PSNR, SSIM, L1, rFID when Inception weights are on disk), codebook
+Measures reconstruction (PSNR, SSIM, L1, rFID when Inception weights are on disk), on sets
+with ground truth (the scenes world) reconstruction of the objects themselves (vqct.eval.objects:
+object-pixel PSNR and L1, colours kept, and shapes kept as the scene parser reads them), codebook
 usage, and the text alignment of the codes (vqct.eval.alignment): retrieval and masked-word
 recall for the models whose heads give them, code-word similarity MSE for every model.
 Results go to the training run in MLflow (prefix `eval/`) and out as one JSON object.
@@ -11,12 +13,14 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from vqct.errors import UserError
 from vqct.eval import alignment
 from vqct.eval.fid import ReconstructionFID
+from vqct.eval.objects import ObjectMetrics
 from vqct.eval.reconstruction import ReconstructionMetrics, to_unit
 from vqct.host_memory import keep_freed_memory
 from vqct.tracking.targets import TokenizerTarget
@@ -42,23 +46,27 @@ CPU_IMAGE_CHUNK = 16
 
 
 class Evaluator:
-    def __init__(self, model, text_encoder, device, inception_weights: str | None):
+    def __init__(self, model, text_encoder, device, inception_weights: str | None,
+                 objects: ObjectMetrics | None = None):
         self.cpu = torch.device(device).type == "cpu"
         if self.cpu:
             model = model.to(memory_format=torch.channels_last)
         self.model, self.text, self.device = model, text_encoder, device
         self.reconstruction = ReconstructionMetrics(device)
         self.fid = ReconstructionFID(inception_weights, device)
+        self.objects = objects
         self.got = Collected()
         align = model.align
         self.lgvq = align.lgvq if align is not None else None
         self.vlt = align.vlt if align is not None else None
 
     @torch.no_grad()
-    def update(self, images: torch.Tensor, captions: list[str]) -> None:
+    def update(self, images: torch.Tensor, captions: list[str], keys: list[str] | None = None) -> None:
         images = images.to(self.device)
         chunk = CPU_IMAGE_CHUNK if self.cpu else len(images)
-        zq = torch.cat([self._images(part) for part in images.split(chunk)])
+        keys = keys or [""] * len(images)
+        zq = torch.cat([self._images(part, keys[i:i + chunk]) for i, part in zip(range(0, len(images), chunk),
+                                                                                  images.split(chunk))])
         text = self.text.encode(captions)
         words = text["words"] & text["mask"].bool()
         self.got.captions.extend(captions)
@@ -69,13 +77,15 @@ class Evaluator:
         if self.vlt is not None:
             self.got.global_emb.setdefault("vlt", []).append(self.vlt.global_embedding(zq).float().cpu())
 
-    def _images(self, images: torch.Tensor) -> torch.Tensor:
+    def _images(self, images: torch.Tensor, keys: list[str]) -> torch.Tensor:
         """Reconstruction metrics and code counts of IMAGES; returns their quantised map (NCHW)."""
         layout = torch.channels_last if self.cpu else torch.contiguous_format
         zq, _, indices = self.model.encode(images.contiguous(memory_format=layout))
         recon = self.model.decode(zq).contiguous()  # torchmetrics' L1 views it flat
         self.reconstruction.update(images, recon)
         self.fid.update(to_unit(images), to_unit(recon))
+        if self.objects is not None:
+            self.objects.update(keys, images, recon)
         for name, counts in self.model.quantizer.code_counts(indices).items():
             self.got.counts[name] = self.got.counts.get(name, 0) + counts.cpu()
         return zq.contiguous()
@@ -94,6 +104,8 @@ class Evaluator:
     def results(self) -> dict:
         got, n = self.got, len(self.got.captions)
         out = {"samples": n, **self.reconstruction.compute(), "rfid": self.fid.compute()}
+        if self.objects is not None:
+            out.update(self.objects.results())
         out.update(self.model.quantizer.usage_stats(got.counts))
         out["code_word_mse"] = alignment.similarity_mse(torch.cat(got.code_means), torch.cat(got.word_means))
         out.update(self._retrieval())
@@ -140,11 +152,29 @@ def _log_to_mlflow(target: TokenizerTarget, results: dict) -> str | None:
     return None
 
 
+def _object_metrics(urls: list[str], image_size: int, parser: str | None, device) -> ObjectMetrics | None:
+    """Object metrics when the set carries ground truth (none otherwise, and then no parser is
+    loaded); the parser's own record goes into the results through its judge accuracy."""
+    from vqct.data.scenes.truth import read_truth
+    from vqct.eval.objects import load_parser
+
+    truth = read_truth(urls, image_size)
+    if not truth:
+        if parser is not None:
+            print("note: --parser is not used: the evaluated shards carry no scene ground truth", file=sys.stderr)
+        return None
+    if parser is None:
+        print("note: scene ground truth found; object PSNR and colours are measured, shapes need --parser FILE "
+              "(vqct parser)", file=sys.stderr)
+    return ObjectMetrics(truth, load_parser(parser, device)[0] if parser else None)
+
+
 def evaluate(target: str | TokenizerTarget, data, batch_size: int = 64, max_samples: int | None = None,
              inception_weights: str | None = None, tracking_uri: str | None = None,
-             best_metric: str = "psnr", promote: bool = True) -> dict:
+             best_metric: str = "psnr", promote: bool = True, parser: str | None = None) -> dict:
     """BEST_METRIC: the result that decides the registry's `best` alias for the recipe;
-    PROMOTE=False leaves the alias where it is (and says where it would go)."""
+    PROMOTE=False leaves the alias where it is (and says where it would go). PARSER: a file
+    from `vqct parser`, which reads the shapes of reconstructed objects on scenes sets."""
     from vqct.data.shards import resolve_shards
     from vqct.tokenizer.load import tokenizer_config
     from vqct.tracking.targets import resolve_tokenizer
@@ -154,6 +184,9 @@ def evaluate(target: str | TokenizerTarget, data, batch_size: int = 64, max_samp
     directory = resolved.path(heads=True)
     cfg = tokenizer_config(directory)
     urls = resolve_shards(data, "--data")
+    if parser is not None and not Path(parser).is_file():
+        raise UserError(f"--parser {parser}: no such file (train one with vqct parser --data SCENES/train "
+                        f"--val SCENES/test --out {parser})")
 
     from tqdm import tqdm
 
@@ -165,14 +198,15 @@ def evaluate(target: str | TokenizerTarget, data, batch_size: int = 64, max_samp
         keep_freed_memory()
     text_encoder = TextEncoder(cfg.text.model, cfg.align.context_length, device=device)
     model, cfg = load_tokenizer(directory, device, text_encoder)
-    evaluator = Evaluator(model, text_encoder, device, inception_weights)
+    evaluator = Evaluator(model, text_encoder, device, inception_weights,
+                          _object_metrics(urls, cfg.data.image_size, parser, device))
     stream = ImageCaptionStream(urls, image_size=cfg.data.image_size, shuffle_buffer=0, epochs=1)
     loader = Loader(stream, batch_size=batch_size, num_workers=0)
     seen = 0
     with tqdm(desc="eval", unit="img", total=max_samples, file=sys.stderr, mininterval=2.0) as bar:
         for batch in loader:
             keep = len(batch.captions) if max_samples is None else min(len(batch.captions), max_samples - seen)
-            evaluator.update(batch.images[:keep], batch.captions[:keep])
+            evaluator.update(batch.images[:keep], batch.captions[:keep], batch.keys[:keep])
             seen += keep
             bar.update(keep)
             if max_samples is not None and seen >= max_samples:

@@ -115,6 +115,9 @@ RESULT_COLUMNS = [
     ("psnr", "val PSNR (dB)", "{:.2f}"),
     ("eval_psnr", "held-out PSNR (dB)", "{:.2f}"),
     ("eval_ssim", "held-out SSIM", "{:.3f}"),
+    ("eval_object_psnr", "object PSNR (dB)", "{:.2f}"),
+    ("eval_colour_kept", "colour kept", "{:.1%}"),
+    ("eval_shape_kept", "shape kept", "{:.1%}"),
     ("eval_retrieval_r1", "retrieval R@1", "{:.3f}"),
     ("eval_retrieval_r5", "retrieval R@5", "{:.3f}"),
     ("eval_masked_word_r1", "masked-word R@1", "{:.3f}"),
@@ -136,8 +139,14 @@ def summarise(results: list[dict]) -> list[dict]:
     """Per recipe, in first-seen order: the number of runs (seeds) and, for each numeric column,
     the mean and the sample standard deviation over them (None for a single run)."""
     groups: dict[str, list[dict]] = {}
+    codes_per_recipe: dict[str, set] = {}
     for result in results:
-        groups.setdefault(result.get("recipe") or "?", []).append(result)
+        codes_per_recipe.setdefault(result.get("recipe") or "?", set()).add(result.get("codes"))
+    for result in results:
+        recipe = result.get("recipe") or "?"
+        # One recipe run at several codebook sizes (make capacity): a row per size.
+        label = f"{recipe} ({result.get('codes')} codes)" if len(codes_per_recipe[recipe]) > 1 else recipe
+        groups.setdefault(label, []).append(result)
     summary = []
     for recipe, runs in groups.items():
         row = {"recipe": recipe, "runs": len(runs), "seeds": [r.get("seed") for r in runs]}

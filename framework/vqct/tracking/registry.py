@@ -20,7 +20,7 @@ from pathlib import Path
 from vqct.config.schema import Config, tracking_uri
 from vqct.errors import UserError
 from vqct.records.tags import VERSION_CHECKPOINT_TAG
-LOWER_IS_BETTER = {"l1", "val_l1", "rfid", "code_word_mse", "lgvq_ras_mse"}
+LOWER_IS_BETTER = {"l1", "val_l1", "object_l1", "rfid", "code_word_mse", "lgvq_ras_mse"}
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+|latest))$")
 
 

@@ -23,7 +23,6 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from vqct.data.decode import encode_image
@@ -143,10 +142,3 @@ def vocabulary(seed: int) -> dict:
     return {"shapes": list(SHAPES), "colours": list(COLOURS), "sizes": list(SIZES), "patterns": list(PATTERNS),
             "relations": list(RELATIONS), "classes": list(CLASS_NAMES),
             "compositional_holdout": sorted(map(list, compositional_holdout(seed)))}
-
-
-def read_maps(sample: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(classes, instances) of a raw sample from the shards, as uint8 arrays."""
-    import io
-
-    return tuple(np.asarray(Image.open(io.BytesIO(sample[ext]))) for ext in ("seg.png", "inst.png"))
