@@ -20,7 +20,7 @@ import torch
 from vqct.errors import UserError
 from vqct.eval import alignment
 from vqct.eval.fid import ReconstructionFID
-from vqct.eval.objects import ObjectMetrics
+from vqct.eval.objects import ObjectMetrics, load_parser
 from vqct.eval.reconstruction import ReconstructionMetrics, to_unit
 from vqct.host_memory import keep_freed_memory
 from vqct.tracking.targets import TokenizerTarget
@@ -154,9 +154,9 @@ def _log_to_mlflow(target: TokenizerTarget, results: dict) -> str | None:
 
 def _object_metrics(urls: list[str], image_size: int, parser: str | None, device) -> ObjectMetrics | None:
     """Object metrics when the set carries ground truth (none otherwise, and then no parser is
-    loaded); the parser's own record goes into the results through its judge accuracy."""
+    loaded). The truth is read in a pass of its own over the shards: the loader's samples carry
+    only image, caption and key, and the training path should not pay for maps it never uses."""
     from vqct.data.scenes.truth import read_truth
-    from vqct.eval.objects import load_parser
 
     truth = read_truth(urls, image_size)
     if not truth:

@@ -142,8 +142,10 @@ class ObjectMetrics:
         mse = self.se / max(self.values, 1)
         out = {"object_scenes": self.scenes, "object_psnr": 10 * math.log10(1.0 / mse) if mse > 0 else float("inf"),
                "object_l1": 2.0 * self.ae / max(self.values, 1)}  # L1 on [-1, 1], as `l1`
+        # On the reconstructions: kept; on the originals: the judge's own accuracy.
+        names = {"colour": "colour_kept", "colour_original": "colour_judge_accuracy",
+                 "shape": "shape_kept", "shape_original": "shape_judge_accuracy"}
         for name, (hits, total) in self.kept.items():
-            out[f"{name}_kept" if not name.endswith("_original") else f"{name.removesuffix('_original')}_judge_accuracy"] = \
-                hits / total if total else None
+            out[names[name]] = hits / total if total else None
         out["objects"] = self.kept["colour"][1]
         return out
