@@ -17,6 +17,7 @@ LAYERS = [
     {"train"},
     {"eval"},
     {"tracking"},
+    {"stage2"},  # generators over codes: use a tokenizer, never the reverse
     {"tokenizer"},
     {"align", "quantize"},
     {"text", "models", "data", "kernels"},

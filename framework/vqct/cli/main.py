@@ -60,6 +60,12 @@ def _cmd_data_inspect(args: argparse.Namespace) -> dict:
     return inspect_shards(args.shards, args.max_samples)
 
 
+def _cmd_data_tokenize(args: argparse.Namespace) -> dict:
+    from vqct.launch.tokenize_shards import tokenize_to_shards
+
+    return tokenize_to_shards(args.target, args.shards, args.out, args.batch_size, args.tracking_uri)
+
+
 def _cmd_train(args: argparse.Namespace) -> dict:
     from vqct.config import load_recipe
     from vqct.launch.ray_driver import train
@@ -345,6 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("shards", nargs="+", help="directories, patterns or URLs")
     inspect.add_argument("--max-samples", type=int, help="stop after this many samples")
     inspect.set_defaults(func=_cmd_data_inspect)
+    codes = data_sub.add_parser("tokenize", help="code shards for stage 2: each sample's codes under a trained "
+                                "tokenizer, its captions and ground truth (one Ray task per shard, resumable)")
+    _add_target(codes)
+    codes.add_argument("shards", nargs="+", help="image shards: directories, patterns or URLs")
+    codes.add_argument("--out", required=True, help="directory for codes-NNNNNN.tar and manifest.json")
+    codes.add_argument("--batch-size", type=int, default=64)
+    codes.set_defaults(func=_cmd_data_tokenize)
 
     priors = sub.add_parser("priors", help="text priors for the vqct quantizer")
     priors_sub = priors.add_subparsers(dest="priors_command", required=True)

@@ -1,0 +1,1 @@
+"""Stage 2: generators over a tokenizer's codes (they use a tokenizer; never the reverse)."""
