@@ -11,6 +11,7 @@ import torch
 import webdataset as wds
 
 from vqct.config import load_recipe
+from vqct.data.code_loader import CodeDecoder, grid_classes, make_code_loader
 from vqct.data.decode import decode_image
 from vqct.errors import UserError
 from vqct.launch.tokenize_shards import tokenize_to_shards
@@ -66,6 +67,16 @@ def test_codes_are_the_tokenizers_and_a_killed_set_resumes(shapes_dir, tmp_path,
     again_from_copy = tokenize_to_shards(str(out / "tokenizer"), str(shapes_dir / "val"), str(tmp_path / "v"))
     assert again_from_copy["tokenizer"] == first["tokenizer"]
 
+    # the stage-2 loader reads each sample once an epoch, in (B, L, columns)
+    loader = make_code_loader(sorted(str(p) for p in out.glob("codes-*.tar")), CodeDecoder(8, 8, 1), 32, 0, seed=0,
+                              shuffle_buffer=64, epochs=1)
+    batches = list(loader)
+    assert sum(len(b.keys) for b in batches) == 240 and len({k for b in batches for k in b.keys}) == 240
+    assert batches[0].codes.shape == (32, 64, 1) and batches[0].segmentation is None
+    first_key = batches[0].keys[0]
+    stored = next(s for s in samples if s["__key__"] == first_key)
+    assert torch.equal(batches[0].codes[0, :, 0], torch.from_numpy(np.load(io.BytesIO(stored["codes.npy"]))).reshape(-1).long())
+
     victim = out / "codes-000002.tar"
     kept = (out / "codes-000004.tar").read_bytes()
     victim.unlink()
@@ -109,3 +120,12 @@ def test_vqct_positions_hold_adjectives_then_the_noun():
     layout = code_layout(build_tokenizer(cfg, priors), cfg)
     assert layout.groups == (("adj", 4, cfg.quantizer.adj_topk), ("noun", 6, 1))
     assert layout.columns == cfg.quantizer.adj_topk + 1 and layout.height == cfg.token_grid
+
+
+def test_segmentation_at_the_grid_is_each_cells_most_frequent_class():
+    classes = np.zeros((8, 8), dtype=np.uint8)
+    classes[0:4, 0:4] = 3  # a whole cell
+    classes[4:7, 4:8] = 2  # 12 of 16 pixels of the last cell
+    classes[0:2, 4:8] = 1  # half a cell: a tie with background goes to the lower class
+    grid = grid_classes(classes, 2, 4)
+    assert grid.tolist() == [[3, 0], [0, 2]]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import sys
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import webdataset as wds
@@ -119,8 +119,20 @@ def _every(readers: int, reader: int):
     return stage
 
 
+@dataclass
+class ImageDecoder:
+    """An image-caption sample -> {image, caption, key} (a class, not a closure: DataLoader
+    worker processes receive it pickled)."""
+    image_size: int
+
+    def __call__(self, sample: dict, rng: Optional[random.Random]) -> dict:
+        image, caption, key = decode_sample(sample, self.image_size, rng)
+        return {"image": image, "caption": caption, "key": key}
+
+
 class ImageCaptionStream(IterableDataset):
-    """Yields dicts (image, caption, key, reader, skipped) epoch after epoch.
+    """Yields dicts (what the decoder gives: image, caption, key; then reader, skipped) epoch
+    after epoch.
 
     Readers (ranks x DataLoader workers) split the shards between them; with fewer shards
     than readers each reader reads every shard and keeps one sample in (readers), still
@@ -129,10 +141,14 @@ class ImageCaptionStream(IterableDataset):
     only when those yield nothing either does the stream stop (NoUsableSamples)."""
 
     def __init__(self, urls: list[str], image_size: int, seed: int = 0, shuffle_buffer: int = 256,
-                 random_crop: bool = False, epochs: Optional[int] = None, start_epoch: int = 0):
+                 random_crop: bool = False, epochs: Optional[int] = None, start_epoch: int = 0,
+                 decoder: Optional[Callable[[dict, Optional[random.Random]], dict]] = None):
         super().__init__()
         self.urls = list(urls)
         self.image_size = image_size
+        # raw sample -> the dict a batch is made of; BadSample skips it. Code shards bring their
+        # own (data/code_loader.py): the splitting, shuffling and counting stay the same.
+        self.decoder = decoder or ImageDecoder(image_size)
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.random_crop = random_crop
@@ -142,7 +158,7 @@ class ImageCaptionStream(IterableDataset):
     def _decoded(self, samples, counter: SkipCounter, rng: Optional[random.Random]):
         for sample in samples:
             try:
-                yield decode_sample(sample, self.image_size, rng)
+                yield self.decoder(sample, rng)
             except BadSample as bad:
                 counter.add(bad.kind, f"key={sample.get('__key__')} url={sample.get('__url__')}")
 
@@ -168,10 +184,9 @@ class ImageCaptionStream(IterableDataset):
         epoch = self.start_epoch
         while self.epochs is None or epoch < self.start_epoch + self.epochs:
             yielded = 0
-            for image, caption, key in self._epoch(epoch, counter, reader, readers, by_samples):
+            for item in self._epoch(epoch, counter, reader, readers, by_samples):
                 yielded += 1
-                yield {"image": image, "caption": caption, "key": key, "reader": reader,
-                       "skipped": dict(counter.counts)}
+                yield {**item, "reader": reader, "skipped": dict(counter.counts)}
             if yielded == 0 and not by_samples:
                 print(f"warning: reader {reader} (rank {rank}, worker {worker}) found no usable sample in its "
                       f"shards (skipped: {counter.counts}); it reads every shard and keeps one sample in "
@@ -210,9 +225,10 @@ def collate(samples: list[dict]) -> Batch:
 class Loader:
     """A DataLoader over the stream that also totals skipped samples across its readers."""
 
-    def __init__(self, stream: ImageCaptionStream, batch_size: int, num_workers: int):
+    def __init__(self, stream: ImageCaptionStream, batch_size: int, num_workers: int,
+                 collate_fn: Callable[[list[dict]], Any] = collate):
         self.dataloader = DataLoader(
-            stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+            stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
             persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None,
         )
         self._per_reader: dict[int, dict] = {}
