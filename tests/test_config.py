@@ -2,6 +2,7 @@
 load, and what crosses the Ray boundary round-trips."""
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -136,3 +137,22 @@ def test_every_recipe_logs_into_its_familys_experiment():
         except UserError:  # a recipe that needs its shards named
             cfg = load_recipe(path.stem, ["data.train_shards=x", "data.val_shards=x"])
         assert cfg.tracking.experiment == cfg.family, path.name
+
+
+@pytest.mark.parametrize("override,message", [
+    ("condition.classes=3", "condition.classes is not read by the caption condition"),
+    ("trainer.channels_last=true", "trainer.channels_last is read by tokenizer recipes only"),
+    ("data.train_shards=x", "data.train_shards is not a config key (data has: train_codes"),
+    ("generator.n_embd=130", "must be a multiple of generator.n_head"),
+])
+def test_a_generator_recipe_refuses_what_it_does_not_read(override, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_recipe("generator_shapes", [override])
+
+
+def test_a_generator_recipe_is_typed_by_its_family_and_condition():
+    from vqct.config.generator import GeneratorConfig, SegmentationConditionConfig
+
+    cfg = load_recipe("generator_shapes", ["condition.name=segmentation", "~condition.tokens"])
+    assert isinstance(cfg, GeneratorConfig) and isinstance(cfg.condition, SegmentationConditionConfig)
+    assert cfg.condition.classes == 11 and cfg.tracking.experiment == "generator"

@@ -102,7 +102,7 @@ def test_zero_stages_that_own_their_buffers_keep_the_allreduce(single_process_gr
 
 
 def test_metrics_stay_on_the_device_until_read(single_process_group):
-    from vqct.train.loop import _read
+    from vqct.train.loop import read_figures
     from vqct.train.step import LossWeights, train_micro_step
 
     cfg = load_recipe("vqgan_shapes", OVERRIDES)
@@ -110,7 +110,7 @@ def test_metrics_stay_on_the_device_until_read(single_process_group):
     metrics, indices = train_micro_step(gen, disc, None, _images(), 0, LossWeights.from_config(cfg.loss))
     assert {"loss/rec_l1", "loss/codebook", "loss/g_adv", "loss/d_weight", "loss/disc", "loss/total"} <= set(metrics)
     assert all(torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad for v in metrics.values())
-    read = _read(metrics)
+    read = read_figures(metrics)
     assert read == {k: float(v) for k, v in metrics.items()} and indices.shape == (2, 8, 8)
 
 

@@ -66,6 +66,15 @@ def _cmd_data_tokenize(args: argparse.Namespace) -> dict:
     return tokenize_to_shards(args.target, args.shards, args.out, args.batch_size, args.tracking_uri)
 
 
+def _cmd_generate(args: argparse.Namespace) -> dict:
+    from vqct.stage2.generate import generate
+    from vqct.stage2.sampling import SamplingConfig
+
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.cfg_scale, not args.no_cache)
+    return generate(args.target, args.out, args.n, args.caption, args.segmentation, args.prefix_image, sampling,
+                    args.seed)
+
+
 def _cmd_train(args: argparse.Namespace) -> dict:
     from vqct.config import load_recipe
     from vqct.launch.ray_driver import train
@@ -373,6 +382,22 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--out", required=True, help="output directory for tokens-NNNNNN.safetensors")
     tokenize.add_argument("--batch-size", type=int, default=64)
     tokenize.set_defaults(func=_cmd_tokenize)
+
+    generate = sub.add_parser("generate", help="a grid of samples from a trained generator (stage 2), decoded by "
+                              "the tokenizer its code shards carry")
+    generate.add_argument("target", help="a generator run directory (runs/<run>) or one of its checkpoints")
+    generate.add_argument("--out", required=True, help="PNG file for the grid")
+    generate.add_argument("-n", type=int, default=16, help="samples")
+    generate.add_argument("--caption", help="the caption (caption-conditioned generators)")
+    generate.add_argument("--segmentation", help="a class-per-pixel PNG (segmentation-conditioned generators)")
+    generate.add_argument("--prefix-image", help="an image whose top half of codes is kept (completion)")
+    generate.add_argument("--temperature", type=float, default=1.0, help="0: the most likely code")
+    generate.add_argument("--top-k", type=int, default=0, help="0: off")
+    generate.add_argument("--top-p", type=float, default=1.0, help="1.0: off")
+    generate.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (default: off)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--no-cache", action="store_true", help="recompute the prefix every step (slower)")
+    generate.set_defaults(func=_cmd_generate)
 
     export = sub.add_parser("export", help="a tokenizer directory (config.json + model.safetensors) that "
                             "vqct.tokenizer.pretrained.from_pretrained loads without DeepSpeed or Ray")

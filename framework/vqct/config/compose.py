@@ -15,8 +15,9 @@ from typing import Any, Iterable
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from vqct.config.generator import GENERATOR_FAMILY, GeneratorConfig
 from vqct.config.schema import Config, tracking_uri
-from vqct.config.typed import config_from_dict, config_to_dict, one_line
+from vqct.config.typed import config_from_dict, config_to_dict, generator_config_from_dict, one_line
 from vqct.errors import UserError
 
 def _product(*values):
@@ -119,37 +120,46 @@ def _missing_keys(node, prefix: str = "") -> list[str]:
     return sorted(found)
 
 
-def _with_defaults(composed):
+def _with_defaults(composed, root: type):
     """The recipe over the schema's defaults, untyped, so that an interpolation may name a key
-    the recipe leaves out. The quantizer's defaults depend on its name: config/typed.py adds them."""
-    defaults = config_to_dict(Config())
-    defaults.pop("quantizer")
+    the recipe leaves out. The chosen sections' defaults (quantizer, condition) depend on their
+    name: config/typed.py adds them."""
+    defaults = config_to_dict(root())
+    for chosen in ("quantizer", "condition"):
+        defaults.pop(chosen, None)
     return OmegaConf.merge(OmegaConf.create(defaults), composed)
 
 
-def load_recipe(recipe: str, overrides: Iterable[str] = ()) -> Config:
-    """Compose RECIPE with OVERRIDES into the typed, checked Config."""
+def is_generator_recipe(composed) -> bool:
+    return composed.get("family") == GENERATOR_FAMILY
+
+
+def load_recipe(recipe: str, overrides: Iterable[str] = ()) -> Config | GeneratorConfig:
+    """Compose RECIPE with OVERRIDES into the typed, checked Config (a GeneratorConfig for the
+    stage-2 recipes, `family: generator`)."""
     path = locate_recipe(recipe)
     composed = _compose(path, list(overrides))
     missing = _missing_keys(OmegaConf.to_container(composed, resolve=False))
     if missing:  # `???` in a recipe: a value the user must give (merging would hide it)
         raise UserError(f"recipe {path.name} needs a value for {', '.join(missing)}: "
                         f"pass it as an override, e.g. {missing[0]}=...")
+    generator = is_generator_recipe(composed)
     try:
-        raw = OmegaConf.to_container(_with_defaults(composed), resolve=True, throw_on_missing=True)
+        raw = OmegaConf.to_container(_with_defaults(composed, GeneratorConfig if generator else Config),
+                                     resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as exc:
         raise UserError(f"config error in recipe {path.name}: {one_line(exc)}") from None
-    cfg = config_from_dict(raw)
+    cfg = generator_config_from_dict(raw) if generator else config_from_dict(raw)
     cfg.recipe = cfg.recipe or path.stem
     cfg.tracking.uri = tracking_uri(cfg.tracking.uri)
     cfg.check()
     return cfg
 
 
-def flatten(cfg: Config | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(cfg: Config | GeneratorConfig | dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values (MLflow params are strings)."""
     out: dict[str, Any] = {}
-    items = config_to_dict(cfg) if isinstance(cfg, Config) else cfg
+    items = cfg if isinstance(cfg, dict) else config_to_dict(cfg)
     for key, value in items.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
@@ -159,12 +169,12 @@ def flatten(cfg: Config | dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_hash(cfg: Config) -> str:
+def config_hash(cfg: Config | GeneratorConfig) -> str:
     """A short hash of what is trained (run-control keys such as resume left out)."""
     flat = {k: v for k, v in flatten(cfg).items() if k not in _RUN_CONTROL_KEYS}
     blob = json.dumps(flat, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def to_yaml(cfg: Config) -> str:
+def to_yaml(cfg: Config | GeneratorConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg)))

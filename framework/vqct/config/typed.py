@@ -14,6 +14,8 @@ from typing import Any, Mapping
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from vqct.config import generator as _generator_schema
+from vqct.config.generator import CONDITIONS, GeneratorConfig
 from vqct.config.schema import QUANTIZERS, Config, QuantizerConfig, section_types
 from vqct.errors import UserError
 
@@ -35,7 +37,8 @@ ADDED = {
 }
 
 
-SECTION_TYPES = section_types()
+SECTION_TYPES = {**section_types(), **{name: obj for name, obj in vars(_generator_schema).items()
+                                        if isinstance(obj, type) and name.endswith("Config")}}
 
 
 class ConfigError(UserError):
@@ -87,26 +90,31 @@ def _renamed(raw: dict, stored: bool) -> dict:
     return raw
 
 
-def quantizer_config(raw: Mapping[str, Any], stored: bool = False) -> QuantizerConfig:
-    """The quantizer section as the class its name chooses; STORED drops keys it does not read
-    (older versions stored every quantizer's keys in one flat section)."""
+def chosen_section(section: str, choices: dict[str, type], default: str, raw: Mapping[str, Any],
+                   stored: bool = False):
+    """A section whose class its `name` chooses (quantizer, condition); STORED drops keys the
+    class does not read (older versions stored every quantizer's keys in one flat section)."""
     raw = dict(raw)
-    name = raw.get("name", "vq")
-    if name not in QUANTIZERS:
-        known = " or ".join(f"'{n}'" for n in QUANTIZERS)
-        raise ConfigError(f"config: quantizer.name='{name}' must be {known}")
-    cls = QUANTIZERS[name]
+    name = raw.get("name", default)
+    if name not in choices:
+        known = " or ".join(f"'{n}'" for n in choices)
+        raise ConfigError(f"config: {section}.name='{name}' must be {known}")
+    cls = choices[name]
     reads = [f.name for f in dataclasses.fields(cls)]
     unread = [key for key in raw if key not in reads]
     if unread and stored:
         raw = {k: v for k, v in raw.items() if k in reads}
     elif unread:
-        raise ConfigError(f"config: quantizer.{unread[0]} is not read by the {name} quantizer, which reads "
-                          f"quantizer.{{{', '.join(reads)}}}; remove it")
+        raise ConfigError(f"config: {section}.{unread[0]} is not read by the {name} {section}, which reads "
+                          f"{section}.{{{', '.join(reads)}}}; remove it")
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), raw))
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"config: quantizer.{exc.full_key}: {one_line(exc).split('; full_key')[0]}") from None
+        raise ConfigError(f"config: {section}.{exc.full_key}: {one_line(exc).split('; full_key')[0]}") from None
+
+
+def quantizer_config(raw: Mapping[str, Any], stored: bool = False) -> QuantizerConfig:
+    return chosen_section("quantizer", QUANTIZERS, "vq", raw, stored)
 
 
 def config_from_dict(raw: Mapping[str, Any], stored: bool = False) -> Config:
@@ -114,20 +122,33 @@ def config_from_dict(raw: Mapping[str, Any], stored: bool = False) -> Config:
     .check() for the semantic checks."""
     raw = _renamed(_plain_copy(raw), stored)
     quantizer = quantizer_config(raw.pop("quantizer", {}) or {}, stored)
-    try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), raw))
-    except ConfigKeyError as exc:
-        raise ConfigError(_unknown_key(str(exc.full_key))) from None
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"config: {one_line(exc)}") from None
+    cfg = _typed(Config, raw)
     cfg.quantizer = quantizer
     return cfg
 
 
-def _unknown_key(full_key: str) -> str:
+def generator_config_from_dict(raw: Mapping[str, Any], stored: bool = False) -> GeneratorConfig:
+    """A generator recipe's (`family: generator`) RAW config -> GeneratorConfig, unchecked."""
+    raw = _plain_copy(raw)
+    condition = chosen_section("condition", CONDITIONS, "none", raw.pop("condition", {}) or {}, stored)
+    cfg = _typed(GeneratorConfig, raw)
+    cfg.condition = condition
+    return cfg
+
+
+def _typed(root: type, raw: dict):
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(root), raw))
+    except ConfigKeyError as exc:
+        raise ConfigError(_unknown_key(str(exc.full_key), root)) from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config: {one_line(exc)}") from None
+
+
+def _unknown_key(full_key: str, root: type = Config) -> str:
     """'data.bogus' -> a line that names the key and the keys its section has."""
     *parents, leaf = full_key.split(".")
-    cls = Config
+    cls = root
     for name in parents:
         cls = next(f.type for f in dataclasses.fields(cls) if f.name == name)
         cls = SECTION_TYPES.get(cls, cls)
@@ -136,7 +157,7 @@ def _unknown_key(full_key: str) -> str:
     return f"config: {full_key} is not a config key ({where} has: {keys})"
 
 
-def config_to_dict(cfg: Config) -> dict[str, Any]:
+def config_to_dict(cfg: Config | GeneratorConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 

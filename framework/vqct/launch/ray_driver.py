@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from vqct.config.compose import config_hash
+from vqct.config.generator import GeneratorConfig
 from vqct.config.schema import Config, VQCTConfig
 from vqct.data.shards import check_reader_count, drop_empty, resolve_shards
 from vqct.errors import TrainingFailed, UserError
@@ -20,15 +21,16 @@ from vqct.launch.ray_connect import connect
 from vqct.launch.runs import choose_run, repair_ray_snapshot
 from vqct.launch.signals import interrupt_on_sigterm, on_stop_signal
 from vqct.records.checkpoint_integrity import choose_checkpoint
+from vqct.records.code_manifest import MANIFEST, TOKENIZER_DIR, same_tokenizer
 from vqct.records.run_record import take_stop, write_run
 from vqct.tracking.mlflow_run import (absolute_uri, close_run, log_config_copy, log_start_metrics, open_run,
                                       tag_checkpoint, worker_env)
 from vqct.tracking.datasets import log_shard_sets
 from vqct.tracking.registry import register_run
-from vqct.train.spec import RunSummary, WorkerSpec
+from vqct.train.spec import GeneratorSummary, RunSummary, WorkerSpec
 
 
-def _worker_env(cfg: Config) -> dict[str, str]:
+def _worker_env(cfg: Config | GeneratorConfig) -> dict[str, str]:
     env = {
         "OMP_NUM_THREADS": str(cfg.trainer.cpus_per_worker),
         "PYTHONUNBUFFERED": "1",
@@ -41,15 +43,18 @@ def _worker_env(cfg: Config) -> dict[str, str]:
     return env
 
 
-def _trainer(cfg: Config, spec: WorkerSpec, run_name: str, storage: Path):
+def _trainer(cfg: Config | GeneratorConfig, spec: WorkerSpec, run_name: str, storage: Path):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from vqct.train.loop import train_loop_per_worker
+    if isinstance(cfg, GeneratorConfig):
+        from vqct.train.generator_loop import generator_loop_per_worker as loop
+    else:
+        from vqct.train.loop import train_loop_per_worker as loop
 
     t = cfg.trainer
     return TorchTrainer(
-        train_loop_per_worker,
+        loop,
         train_loop_config={"spec": spec},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
@@ -61,8 +66,10 @@ def _trainer(cfg: Config, spec: WorkerSpec, run_name: str, storage: Path):
     )
 
 
-def train(cfg: Config) -> dict:
+def train(cfg: Config | GeneratorConfig) -> dict:
     """Train CFG; returns the RunSummary's JSON (the command's final line)."""
+    if isinstance(cfg, GeneratorConfig):
+        return _train_generator(cfg)
     t, d = cfg.trainer, cfg.data
     missing: list[str] = []
     train_urls, empty = drop_empty(resolve_shards(d.train_shards, "data.train_shards", missing), "data.train_shards")
@@ -82,16 +89,52 @@ def train(cfg: Config) -> dict:
         priors_dir = str(path)
         print(f"priors {'built' if built else 'reused'}: {path} ({manifest['report']})", file=sys.stderr)
 
-    connected = connect(t.num_workers * t.cpus_per_worker, _worker_env(cfg))
+    spec = WorkerSpec(cfg, "", str(storage / run_name), train_urls, val_urls, priors_dir)
+    return _connect_and_fit(spec, storage, previous, len(missing), len(empty))
+
+
+def _connect_and_fit(spec: WorkerSpec, storage: Path, previous: dict | None, missing: int, empty: int) -> dict:
+    t = spec.config.trainer
+    connected = connect(t.num_workers * t.cpus_per_worker, _worker_env(spec.config))
     interrupt_on_sigterm()
     try:
-        spec = WorkerSpec(cfg, "", str(storage / run_name), train_urls, val_urls, priors_dir)
-        return _fit(spec, storage, previous, len(missing), len(empty)).to_json()
+        return _fit(spec, storage, previous, missing, empty).to_json()
     finally:
         if connected:  # also drains the workers' forwarded logs before the final JSON line
             import ray
 
             ray.shutdown()
+
+
+def _train_generator(cfg: GeneratorConfig) -> dict:
+    """A stage-2 run: the code sets must share one tokenizer (records/code_manifest.py)."""
+    t, d = cfg.trainer, cfg.data
+    train_dirs, val_dirs = _code_dirs(d.train_codes, "data.train_codes"), _code_dirs(d.val_codes, "data.val_codes")
+    identity = same_tokenizer(train_dirs + val_dirs)
+    missing: list[str] = []
+    train_urls, empty = drop_empty(resolve_shards(train_dirs, "data.train_codes", missing), "data.train_codes")
+    check_reader_count(train_urls, t.num_workers, d.num_workers, "data.train_codes")
+    val_urls, _ = drop_empty(resolve_shards(val_dirs, "data.val_codes"), "data.val_codes")
+    check_reader_count(val_urls, t.num_workers, d.num_workers, "data.val_codes")
+    cfg.tracking.uri = absolute_uri(cfg.tracking.uri)
+    storage = Path(t.storage_path).expanduser().resolve()
+    run_name, previous = choose_run(storage, cfg.recipe, t.run_name, t.resume)
+    if previous:
+        repair_ray_snapshot(storage / run_name)
+    code_set = {"layout": identity["layout"], "digest": identity["digest"],
+                "tokenizer_dir": str((Path(train_dirs[0]) / TOKENIZER_DIR).resolve())}
+    spec = WorkerSpec(cfg, "", str(storage / run_name), train_urls, val_urls, code_set=code_set)
+    return _connect_and_fit(spec, storage, previous, len(missing), len(empty))
+
+
+def _code_dirs(spec, what: str) -> list[str]:
+    """Code-shard directories (each with the manifest `vqct data tokenize` wrote)."""
+    dirs = [spec] if isinstance(spec, str) else list(spec or [])
+    for directory in dirs:
+        if not (Path(directory) / MANIFEST).is_file():
+            raise UserError(f"{what}: {directory} is not a code-shard directory (no {MANIFEST}); make one with "
+                            "`vqct data tokenize TOKENIZER SHARDS --out DIR`")
+    return [str(Path(d).resolve()) for d in dirs]
 
 
 def _where_to_resume(run_dir: Path) -> str:
@@ -128,7 +171,7 @@ def _tell_job_script(run_dir: Path) -> None:
 
 
 def _fit(spec: WorkerSpec, storage: Path, previous: dict | None, missing_shards: int,
-         empty_shards: int) -> RunSummary:
+         empty_shards: int) -> RunSummary | GeneratorSummary:
     """Open (or reopen) the MLflow run, run the workers, close the run, register the model.
     SPEC's MLflow run id is filled in here."""
     cfg, run_name = spec.config, Path(spec.run_dir).name
@@ -172,7 +215,9 @@ def _fit(spec: WorkerSpec, storage: Path, previous: dict | None, missing_shards:
     close_run(uri, run_id, "FINISHED")
     checkpoint = result.checkpoint.path if result.checkpoint else None
     tag_checkpoint(uri, run_id, checkpoint)
-    version = register_run(uri, run_id, cfg, checkpoint)
-    summary = RunSummary.from_json(result.metrics or {})
+    if isinstance(cfg, GeneratorConfig):  # its MLflow model (caption in, images out) is still to come
+        summary, version = GeneratorSummary.from_json(result.metrics or {}), None
+    else:
+        summary, version = RunSummary.from_json(result.metrics or {}), register_run(uri, run_id, cfg, checkpoint)
     return dataclasses.replace(summary, run_id=run_id, run_name=run_name, recipe=cfg.recipe, family=cfg.family,
                                seed=cfg.seed, checkpoint=checkpoint, model_version=version, tracking_uri=uri)

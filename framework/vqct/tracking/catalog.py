@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from vqct.config.compose import load_recipe, recipes_dir
+from vqct.config.generator import GeneratorConfig
 from vqct.config.schema import Config, VQConfig, VQCTConfig
 from vqct.errors import UserError
 from vqct.tracking.registry import LOWER_IS_BETTER
@@ -21,7 +22,12 @@ def codebook_size(cfg: Config) -> int | None:
     return t.adjectives + t.nouns if t.adjectives and t.nouns else None
 
 
-def describe(cfg: Config) -> dict:
+def describe(cfg: Config | GeneratorConfig) -> dict:
+    if isinstance(cfg, GeneratorConfig):  # its codes come from the tokenizer its code shards pin
+        text = getattr(cfg.condition, "text_model", "-")
+        return {"recipe": cfg.recipe, "family": cfg.family, "quantizer": "-", "text_model": text,
+                "image_size": None, "codes": None, "code_groups": f"condition {cfg.condition.name}",
+                "embed_dim": cfg.generator.n_embd, "model_ch": None}
     q, t = cfg.quantizer, cfg.text
     groups = "-" if isinstance(q, VQConfig) else f"{t.adjectives or 'all'}+{t.nouns or 'all'}"
     uses_text = isinstance(q, VQCTConfig) or cfg.align.enabled

@@ -67,7 +67,8 @@ def open_run(cfg: Config, run_name: str, resume_run_id: str | None = None) -> st
     tags = {
         "recipe": cfg.recipe,
         "family": cfg.family,
-        "quantizer": cfg.quantizer.name,
+        # a generator's codes come from its code set's tokenizer: its tag is the condition
+        **({"quantizer": cfg.quantizer.name} if hasattr(cfg, "quantizer") else {"condition": cfg.condition.name}),
         "git_commit": git_commit(),
         "config_hash": config_hash(cfg),
         "vqct.run_name": run_name,

@@ -1,4 +1,5 @@
-"""Checkpoint contents: two DeepSpeed checkpoints (generator, discriminator) and our own
+"""Checkpoint contents: two DeepSpeed checkpoints (generator, discriminator; stage 2 has the
+first only) and our own
 small state (step, MLflow run id, codebook-usage window, fault counters) as JSON +
 safetensors, with a per-rank manifest that proves the files complete
 (records/checkpoint_integrity.py).
@@ -27,7 +28,8 @@ def save_checkpoint(directory: Path, gen, disc, state: dict, usage_windows: dict
                     rank: int) -> None:
     """Collective: every rank calls it with its own DIRECTORY."""
     gen.save_checkpoint(str(directory / "generator"), tag=TAG)
-    disc.save_checkpoint(str(directory / "discriminator"), tag=TAG)
+    if disc is not None:  # stage 2 trains one engine
+        disc.save_checkpoint(str(directory / "discriminator"), tag=TAG)
     if rank == 0:
         windows = {name: torch.stack(w) for name, w in usage_windows.items() if w}
         if windows:
@@ -43,6 +45,8 @@ def load_checkpoint(directory: Path, gen, disc) -> tuple[dict, dict[str, list[to
     state = verify_checkpoint(directory)
     with trusted_loading():
         for engine, name in ((gen, "generator"), (disc, "discriminator")):
+            if engine is None:
+                continue
             path, _ = engine.load_checkpoint(str(directory / name), tag=TAG, load_optimizer_states=True,
                                              load_lr_scheduler_states=True)
             if path is None:

@@ -115,3 +115,18 @@ def _skip_allreduce_alone(engine) -> None:
 
 def compute_dtype(trainer: TrainerConfig) -> torch.dtype:
     return torch.bfloat16 if trainer.precision == "bf16" else torch.float32
+
+
+def build_generator_engine(model: torch.nn.Module, trainer: TrainerConfig, optim, micro_batch: int):
+    """Stage 2's one engine: AdamW over minGPT's decay groups (the model's decay_groups), warmup
+    and cosine. OPTIM: a GeneratorOptimConfig."""
+    import deepspeed
+
+    opt = torch.optim.AdamW(model.decay_groups(optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas))
+    schedule = functools.partial(warmup_cosine, warmup_steps=optim.warmup_steps,
+                                 max_steps=trainer.max_steps, min_ratio=optim.min_lr_ratio)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
+                                           config=deepspeed_config(trainer, optim, micro_batch))
+    _skip_allreduce_alone(engine)
+    return engine

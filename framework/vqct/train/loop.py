@@ -2,7 +2,7 @@
 
 It builds the model and engines, restores the latest checkpoint if there is one, streams
 batches, steps, logs (rank 0), checkpoints, and evaluates at the end. The step itself
-(train/step.py) knows nothing of Ray; the three `_ray_*` functions below are the only
+(train/step.py) knows nothing of Ray; the three functions "at the edges" below are the only
 places that talk to it. What a checkpoint saves of the run is train/state.py's TrainState.
 """
 
@@ -43,7 +43,7 @@ from vqct.train.step import LossWeights, train_micro_step
 
 
 # ---- Ray Train, at the edges ---------------------------------------------------------------
-def _ray_rank_and_world() -> tuple[int, int]:
+def ray_rank_and_world() -> tuple[int, int]:
     import ray.train
 
     ctx = ray.train.get_context()
@@ -64,7 +64,7 @@ def _ray_report(summary: RunSummary, directory: Path) -> None:
     ray.train.report(summary.to_json(), checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
 
 
-def _device(use_gpu: bool) -> torch.device:
+def worker_device(use_gpu: bool) -> torch.device:
     if use_gpu:
         import ray.train.torch
 
@@ -73,7 +73,7 @@ def _device(use_gpu: bool) -> torch.device:
 
 
 # ---- helpers -------------------------------------------------------------------------------
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -92,7 +92,7 @@ def _all_reduce_counts(quantizer, indices: list[torch.Tensor]) -> dict[str, torc
     return per_group
 
 
-def _read(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+def read_figures(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
     """Device scalars to floats in one transfer (one host sync, not one per metric)."""
     if not metrics:
         return {}
@@ -103,18 +103,20 @@ def _read(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
 class Progress:
     """Rank 0's progress line on stderr; Ray forwards it to the driver's terminal."""
 
-    def __init__(self, start: int, total: int, every_s: float = 10.0):
+    def __init__(self, start: int, total: int, every_s: float = 10.0,
+                 shown: tuple[str, ...] = ("loss/rec_l1", "codebook/usage", "perf/images_per_s")):
         from tqdm import tqdm
 
+        self.shown = shown
         self.bar = tqdm(total=total, initial=start, desc="train", unit="step", file=sys.stderr,
                         mininterval=every_s, dynamic_ncols=False, ncols=100)
 
     def update(self, metrics: dict) -> None:
         """METRICS: this step's figures, read on the host at log steps only (the postfix
         keeps the last ones in between)."""
-        if "loss/rec_l1" in metrics:
-            self.bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()
-                                  if k in ("loss/rec_l1", "codebook/usage", "perf/images_per_s")}, refresh=False)
+        if self.shown[0] in metrics:
+            self.bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items() if k in self.shown},
+                                 refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:
@@ -139,7 +141,7 @@ class Worker:
         self.rank, self.world = rank, world
         self.run_dir = Path(spec.run_dir)
         torch.set_num_threads(max(1, cfg.trainer.cpus_per_worker))
-        self.device = _device(cfg.trainer.use_gpu)
+        self.device = worker_device(cfg.trainer.use_gpu)
         if self.device.type == "cpu" and cfg.trainer.keep_host_memory:
             keep_freed_memory()
         deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
@@ -156,7 +158,7 @@ class Worker:
             PatchDiscriminator(cfg.model.in_channels, cfg.loss.disc_channels, cfg.loss.disc_layers),
             self._engine_settings(), cfg.optim, cfg.data.batch_size,
         )
-        _seed_everything(rank_seed(cfg.seed, self.rank))  # per-rank randomness from here on
+        seed_everything(rank_seed(cfg.seed, self.rank))  # per-rank randomness from here on
         self.dtype = compute_dtype(cfg.trainer)
         self.perceptual = (build_perceptual(cfg.loss.lpips_net, cfg.loss.lpips_backbone).to(self.device)
                            if cfg.loss.perceptual_weight > 0 else None)
@@ -206,6 +208,9 @@ class Worker:
         if self.rank == 0:
             print(f"resumed from step {self.state.step} ({directory})", file=sys.stderr)
 
+    def summary(self, metrics: dict) -> RunSummary:
+        return self.state.summary(metrics, self.quantizer)
+
     def save_and_report(self, summary: RunSummary, skipped: dict) -> None:
         state, windows = self.state.to_checkpoint(self.spec, self.world, skipped)
         with tempfile.TemporaryDirectory(prefix="vqct-ckpt-") as tmp:
@@ -230,7 +235,7 @@ class Worker:
                 sums[k] = sums[k] + v / accum if k in sums else v / accum
         counts = _all_reduce_counts(self.quantizer, indices)
         self.state.count_codes(counts)
-        figures = _read(sums) if read else {}
+        figures = read_figures(sums) if read else {}
         # On a GPU the host runs ahead of the device between reads; the step that reads
         # waits for it, so times summed over a log interval are the device's.
         elapsed = time.perf_counter() - t0
@@ -323,15 +328,24 @@ class Worker:
             self.logger.log_artifact(path, str(Path(name).parent))
 
     # ---- the loop ----------------------------------------------------------------------------
+    progress_keys = ("loss/rec_l1", "codebook/usage", "perf/images_per_s")
+
+    def loaders(self):
+        """(train, val) loaders. A resumed run starts a fresh shuffle (epoch seed from the
+        step), not a replay."""
+        cfg = self.cfg
+        return (make_loader(self.spec.train_urls, cfg.data, cfg.seed, train=True, start_epoch=self.state.step),
+                make_loader(self.spec.val_urls, cfg.data, cfg.seed, train=False))
+
     def run(self) -> None:
         spec, cfg = self.spec, self.cfg
         self.restore()
         if self.logger is not None:  # the stage these engines run, beside the configured one (a param)
             self.logger.log({"perf/zero_stage": self.gen.zero_optimization_stage()}, self.state.step, force=True)
-        # A resumed run starts a fresh shuffle (epoch seed from the step), not a replay.
-        train_loader = make_loader(spec.train_urls, cfg.data, cfg.seed, train=True, start_epoch=self.state.step)
-        val_loader = make_loader(spec.val_urls, cfg.data, cfg.seed, train=False)
-        progress = Progress(self.state.step, cfg.trainer.max_steps) if self.rank == 0 else None
+        train_loader, val_loader = self.loaders()
+        progress = None
+        if self.rank == 0:
+            progress = Progress(self.state.step, cfg.trainer.max_steps, shown=self.progress_keys)
         system = None
         if self.rank == 0 and cfg.tracking.system_metrics:
             from vqct.tracking.system_metrics import start_system_metrics
@@ -374,10 +388,10 @@ class Worker:
                 if log_now:
                     self.logger.log(metrics, state.step)
             if save:
-                self.save_and_report(state.summary(metrics, self.quantizer), skipped)
+                self.save_and_report(self.summary(metrics), skipped)
 
 
-def _stdout_to_stderr() -> None:
+def stdout_to_stderr() -> None:
     """Ray forwards a worker's stdout to the driver's stdout, where the run's final JSON line
     must stay last: send everything this worker prints (libraries too, at the file
     descriptor level) to stderr instead."""
@@ -388,6 +402,6 @@ def _stdout_to_stderr() -> None:
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train's entry point; LOOP_CONFIG is {"spec": WorkerSpec} (Ray passes a dict)."""
-    _stdout_to_stderr()
+    stdout_to_stderr()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    Worker(loop_config["spec"], *_ray_rank_and_world()).run()
+    Worker(loop_config["spec"], *ray_rank_and_world()).run()

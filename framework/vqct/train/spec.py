@@ -19,6 +19,7 @@ class WorkerSpec:
     train_urls: list[str]
     val_urls: list[str]
     priors_dir: Optional[str] = None  # the text priors cache (vqct quantizer), built by the driver
+    code_set: Optional[dict] = None  # stage 2: the code shards' layout and tokenizer directory
 
 
 # Keys of per-group codebook statistics (vqct: _adj, _noun), which the summary carries flat.
@@ -65,3 +66,29 @@ class RunSummary:
         names = {f.name for f in dataclasses.fields(cls)} - {"codebook_groups"}
         groups = {k: v for k, v in flat.items() if k.startswith(_GROUP_PREFIXES)}
         return cls(**{k: v for k, v in flat.items() if k in names}, codebook_groups=groups)
+
+
+@dataclass
+class GeneratorSummary:
+    """Every key of a generator run's final JSON line (stage 2)."""
+    run_id: Optional[str] = None
+    run_name: Optional[str] = None
+    recipe: Optional[str] = None
+    family: Optional[str] = None
+    seed: Optional[int] = None
+    steps: Optional[int] = None
+    loss: Optional[float] = None  # training cross-entropy (summed over index columns) at the last step
+    val_loss: Optional[float] = None
+    tokens_per_s: Optional[float] = None
+    tokenizer: Optional[str] = None  # the code set's tokenizer digest
+    checkpoint: Optional[str] = None
+    model_version: Optional[str] = None
+    tracking_uri: Optional[str] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, flat: dict[str, Any]) -> "GeneratorSummary":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in flat.items() if k in names})

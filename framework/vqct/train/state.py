@@ -50,6 +50,8 @@ class TrainState:
                  "recipe": spec.config.recipe, "config": config_to_dict(spec.config), "priors_dir": spec.priors_dir,
                  "skipped": skipped, "numerics": {"skipped_batches": self.guard.skipped_batches,
                                                   "skipped_steps": self.guard.skipped_steps}}
+        if spec.code_set is not None:  # stage 2: the layout and tokenizer its codes need
+            state["code_set"] = spec.code_set
         return state, {name: [c.cpu() for c in tracker.window] for name, tracker in self.usage.items()}
 
     def restore(self, state: dict, windows: dict[str, list]) -> None:

@@ -1,0 +1,100 @@
+"""`vqct generate TARGET --caption ... -n 16 --out grid.png`: sample codes from a trained
+generator and decode them with the tokenizer its code set carries.
+
+Conditions: a caption (caption generators), a segmentation map (segmentation generators: a
+class-per-pixel PNG such as the scenes' seg.png), and for any generator a prefix image whose
+top rows of codes are kept (image completion).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vqct.config.generator import CaptionConditionConfig, SegmentationConditionConfig
+from vqct.data.code_loader import grid_classes
+from vqct.errors import UserError
+from vqct.stage2.captions import caption_features
+from vqct.stage2.code_shards import as_columns
+from vqct.stage2.load import TrainedGenerator, load_generator
+from vqct.stage2.sampling import SamplingConfig, sample_codes
+
+MIN_TILE = 128  # grid tiles are upscaled (nearest) to at least this many pixels, as eval grids are
+
+
+def _condition(gen: TrainedGenerator, n: int, caption: str | None, segmentation: str | None):
+    cond = gen.config.condition
+    if isinstance(cond, CaptionConditionConfig):
+        if caption is None:
+            raise UserError("this generator is caption-conditioned: give --caption \"...\"")
+        return caption_features(gen.text_encoder, [caption] * n, cond.tokens)
+    if isinstance(cond, SegmentationConditionConfig):
+        if segmentation is None:
+            raise UserError("this generator is segmentation-conditioned: give --segmentation MAP.png")
+        classes = np.asarray(Image.open(segmentation), dtype=np.uint8)
+        if classes.ndim != 2 or classes.max() >= cond.classes:
+            raise UserError(f"--segmentation {segmentation}: a one-channel class map with classes below "
+                            f"{cond.classes} is needed (the scenes' seg.png)")
+        grid = grid_classes(classes, gen.model.layout.height, cond.classes)
+        return grid.unsqueeze(0).expand(n, -1, -1)
+    if caption is not None or segmentation is not None:
+        raise UserError("this generator is unconditional: drop --caption / --segmentation")
+    return None
+
+
+def _prefix(tokenizer, cfg, image_path: str, n: int, rows: int) -> torch.Tensor:
+    """The codes of the image's top ROWS rows of the grid, repeated N times."""
+    from vqct.data.decode import decode_image
+
+    image = decode_image(Path(image_path).read_bytes(), cfg.data.image_size)
+    codes = as_columns(tokenizer.tokenize(image[None]))  # (1, h, w, columns)
+    return codes[:, :rows].reshape(1, -1, codes.shape[-1]).expand(n, -1, -1)
+
+
+def _save_grid(images: torch.Tensor, out: Path) -> None:
+    from torchvision.utils import save_image
+
+    scale = max(1, math.ceil(MIN_TILE / images.shape[-1]))
+    images = F.interpolate(images, scale_factor=scale, mode="nearest")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images, str(out), nrow=int(math.ceil(math.sqrt(images.shape[0]))), padding=4, pad_value=1.0)
+
+
+def generate(target: str, out: str, n: int = 16, caption: str | None = None, segmentation: str | None = None,
+             prefix_image: str | None = None, sampling: SamplingConfig | None = None, seed: int = 0) -> dict:
+    from vqct.tokenizer.pretrained import from_pretrained
+
+    if n < 1:
+        raise UserError(f"-n {n}: give at least one sample")
+    sampling = sampling or SamplingConfig()
+    try:
+        sampling.check()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    gen = load_generator(target)
+    if sampling.cfg_scale is not None and not gen.model.guided:
+        raise UserError("--cfg-scale needs a caption- or segmentation-conditioned generator")
+    tokenizer, tok_cfg = from_pretrained(gen.code_set["tokenizer_dir"])
+    layout = gen.model.layout
+    prefix, rows = None, 0
+    if prefix_image is not None:
+        rows = layout.height // 2
+        prefix = _prefix(tokenizer, tok_cfg, prefix_image, n, rows)
+    cond = _condition(gen, n, caption, segmentation)
+    print(f"sampling {n} x {layout.length} positions ({'cache' if sampling.use_cache else 'no cache'})",
+          file=sys.stderr)
+    codes = sample_codes(gen.model, cond, n, sampling, prefix=prefix,
+                         generator=torch.Generator().manual_seed(seed))
+    indices = codes.reshape(n, layout.height, layout.width, -1)
+    with torch.no_grad():
+        images = tokenizer.detokenize(indices[..., 0] if indices.shape[-1] == 1 else indices)
+    _save_grid(((images.float() + 1) / 2).clamp(0, 1), Path(out))
+    return {"out": str(out), "samples": n, "checkpoint": str(gen.checkpoint), "condition": gen.config.condition.name,
+            "caption": caption, "segmentation": segmentation, "prefix_rows": rows, "seed": seed,
+            "tokenizer": gen.code_set["digest"][:12]}
