@@ -1,10 +1,12 @@
 """Stage 2 end to end on the real stack: a tokenizer's code shards (`vqct data tokenize`), a
 caption-conditioned generator trained on 2 Ray workers with DeepSpeed ZeRO-2, its loss and
-sample grids in MLflow, a resume in the same MLflow run, and codes of two tokenizers refused."""
+sample grids in MLflow, a resume in the same MLflow run, its registered model loaded in a fresh
+process, `vqct generate`, and codes of two tokenizers refused."""
 
 import json
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -55,6 +57,18 @@ def test_generator_trains_on_code_shards_logs_samples_and_resumes(tmp_path, shap
     grids = [a.path for a in client.list_artifacts(first["run_id"], "samples")]
     assert grids == [f"samples/samples_step{s:07d}.png" for s in (4, 8, 12)]
     assert client.get_run(first["run_id"]).data.tags["condition"] == "caption"
+
+    # the registered model: captions in, images out, in a fresh process without the training stack
+    assert first["model_version"] == "1" and resumed["model_version"] == "2"
+    load = ("import sys, mlflow, pandas as pd\n"
+            f"mlflow.set_tracking_uri('sqlite:///{tmp_path}/mlflow.db')\n"
+            "m = mlflow.pyfunc.load_model('models:/generator_shapes/2')\n"
+            "out = m.predict(pd.DataFrame({'caption': ['a red circle', 'a blue square']}), "
+            "params={'top_k': 16, 'cfg_scale': 2.0})\n"
+            "print(out.shape, 'deepspeed' in sys.modules, 'ray' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "(2, 3, 32, 32) False False"
 
     # a grid from the trained run: caption and guidance, then completion of a held-out image
     run_dir = f"runs/{first['run_name']}"

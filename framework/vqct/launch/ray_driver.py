@@ -26,7 +26,7 @@ from vqct.records.run_record import take_stop, write_run
 from vqct.tracking.mlflow_run import (absolute_uri, close_run, log_config_copy, log_start_metrics, open_run,
                                       tag_checkpoint, worker_env)
 from vqct.tracking.datasets import log_shard_sets
-from vqct.tracking.registry import register_run
+from vqct.tracking.registry import register_generator, register_run
 from vqct.train.spec import GeneratorSummary, RunSummary, WorkerSpec
 
 
@@ -215,8 +215,9 @@ def _fit(spec: WorkerSpec, storage: Path, previous: dict | None, missing_shards:
     close_run(uri, run_id, "FINISHED")
     checkpoint = result.checkpoint.path if result.checkpoint else None
     tag_checkpoint(uri, run_id, checkpoint)
-    if isinstance(cfg, GeneratorConfig):  # its MLflow model (caption in, images out) is still to come
-        summary, version = GeneratorSummary.from_json(result.metrics or {}), None
+    if isinstance(cfg, GeneratorConfig):
+        summary, version = GeneratorSummary.from_json(result.metrics or {}), register_generator(uri, run_id, cfg,
+                                                                                                 checkpoint)
     else:
         summary, version = RunSummary.from_json(result.metrics or {}), register_run(uri, run_id, cfg, checkpoint)
     return dataclasses.replace(summary, run_id=run_id, run_name=run_name, recipe=cfg.recipe, family=cfg.family,

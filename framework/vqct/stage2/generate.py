@@ -28,24 +28,42 @@ from vqct.stage2.sampling import SamplingConfig, sample_codes
 MIN_TILE = 128  # grid tiles are upscaled (nearest) to at least this many pixels, as eval grids are
 
 
-def _condition(gen: TrainedGenerator, n: int, caption: str | None, segmentation: str | None):
+def _condition(gen: TrainedGenerator, n: int, captions: list[str] | None, segmentation: np.ndarray | None):
+    """The condition of N samples: one caption each (or one for all), or one class map for all."""
     cond = gen.config.condition
     if isinstance(cond, CaptionConditionConfig):
-        if caption is None:
+        if not captions:
             raise UserError("this generator is caption-conditioned: give --caption \"...\"")
-        return caption_features(gen.text_encoder, [caption] * n, cond.tokens)
+        captions = captions * n if len(captions) == 1 else captions
+        return caption_features(gen.text_encoder, captions, cond.tokens)
     if isinstance(cond, SegmentationConditionConfig):
         if segmentation is None:
             raise UserError("this generator is segmentation-conditioned: give --segmentation MAP.png")
-        classes = np.asarray(Image.open(segmentation), dtype=np.uint8)
-        if classes.ndim != 2 or classes.max() >= cond.classes:
-            raise UserError(f"--segmentation {segmentation}: a one-channel class map with classes below "
-                            f"{cond.classes} is needed (the scenes' seg.png)")
-        grid = grid_classes(classes, gen.model.layout.height, cond.classes)
+        if segmentation.ndim != 2 or segmentation.max() >= cond.classes:
+            raise UserError(f"the segmentation must be one class map with classes below {cond.classes} "
+                            "(the scenes' seg.png)")
+        grid = grid_classes(segmentation, gen.model.layout.height, cond.classes)
         return grid.unsqueeze(0).expand(n, -1, -1)
-    if caption is not None or segmentation is not None:
+    if captions or segmentation is not None:
         raise UserError("this generator is unconditional: drop --caption / --segmentation")
     return None
+
+
+@torch.no_grad()
+def sample_images(gen: TrainedGenerator, tokenizer, n: int, captions: list[str] | None = None,
+                  segmentation: np.ndarray | None = None, prefix: torch.Tensor | None = None,
+                  sampling: SamplingConfig | None = None, seed: int = 0) -> torch.Tensor:
+    """N samples decoded by TOKENIZER: float (N, 3, S, S) in [0, 1]. What `vqct generate` and the
+    logged MLflow model both run."""
+    sampling = sampling or SamplingConfig()
+    if sampling.cfg_scale is not None and not gen.model.guided:
+        raise UserError("--cfg-scale needs a caption- or segmentation-conditioned generator")
+    layout = gen.model.layout
+    cond = _condition(gen, n, captions, segmentation)
+    codes = sample_codes(gen.model, cond, n, sampling, prefix=prefix, generator=torch.Generator().manual_seed(seed))
+    indices = codes.reshape(n, layout.height, layout.width, -1)
+    images = tokenizer.detokenize(indices[..., 0] if indices.shape[-1] == 1 else indices)
+    return ((images.float() + 1) / 2).clamp(0, 1)
 
 
 def _prefix(tokenizer, cfg, image_path: str, n: int, rows: int) -> torch.Tensor:
@@ -78,23 +96,17 @@ def generate(target: str, out: str, n: int = 16, caption: str | None = None, seg
     except ValueError as exc:
         raise UserError(str(exc)) from None
     gen = load_generator(target)
-    if sampling.cfg_scale is not None and not gen.model.guided:
-        raise UserError("--cfg-scale needs a caption- or segmentation-conditioned generator")
     tokenizer, tok_cfg = from_pretrained(gen.code_set["tokenizer_dir"])
-    layout = gen.model.layout
     prefix, rows = None, 0
     if prefix_image is not None:
-        rows = layout.height // 2
+        rows = gen.model.layout.height // 2
         prefix = _prefix(tokenizer, tok_cfg, prefix_image, n, rows)
-    cond = _condition(gen, n, caption, segmentation)
-    print(f"sampling {n} x {layout.length} positions ({'cache' if sampling.use_cache else 'no cache'})",
+    classes = np.asarray(Image.open(segmentation), dtype=np.uint8) if segmentation else None
+    print(f"sampling {n} x {gen.model.layout.length} positions ({'cache' if sampling.use_cache else 'no cache'})",
           file=sys.stderr)
-    codes = sample_codes(gen.model, cond, n, sampling, prefix=prefix,
-                         generator=torch.Generator().manual_seed(seed))
-    indices = codes.reshape(n, layout.height, layout.width, -1)
-    with torch.no_grad():
-        images = tokenizer.detokenize(indices[..., 0] if indices.shape[-1] == 1 else indices)
-    _save_grid(((images.float() + 1) / 2).clamp(0, 1), Path(out))
+    images = sample_images(gen, tokenizer, n, [caption] if caption is not None else None, classes, prefix,
+                           sampling, seed)
+    _save_grid(images, Path(out))
     return {"out": str(out), "samples": n, "checkpoint": str(gen.checkpoint), "condition": gen.config.condition.name,
             "caption": caption, "segmentation": segmentation, "prefix_rows": rows, "seed": seed,
             "tokenizer": gen.code_set["digest"][:12]}

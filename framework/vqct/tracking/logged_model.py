@@ -28,7 +28,7 @@ import torch
 
 TOKENIZER_ARTIFACT = "tokenizer"  # the tokenizer directory's key among the model's artifacts
 MODEL_NAME = "tokenizer"  # the logged model's name in its run
-_REQUIREMENTS = ("torch", "safetensors", "numpy", "omegaconf", "mlflow")
+TOKENIZER_REQUIREMENTS = ("torch", "safetensors", "numpy", "omegaconf", "mlflow")
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
@@ -49,14 +49,14 @@ class TokenizerModel(mlflow.pyfunc.PythonModel):
         return self.tokenizer.detokenize(torch.as_tensor(indices).long()).numpy()
 
 
-def _requirements() -> list[str]:
+def pinned_requirements(names: tuple[str, ...] = TOKENIZER_REQUIREMENTS) -> list[str]:
     from importlib.metadata import version
 
     # The local part (+cu128) names a wheel index, not a version pip can resolve elsewhere.
-    return [f"{name}=={version(name).split('+')[0]}" for name in _REQUIREMENTS]
+    return [f"{name}=={version(name).split('+')[0]}" for name in names]
 
 
-def _package_code(into: Path) -> list[str]:
+def package_code(into: Path) -> list[str]:
     """vqct's own packages (vqct and vqct_kernels) copied into INTO, one directory each."""
     import vqct_kernels
 
@@ -112,6 +112,6 @@ def log_tokenizer_model(uri: str, run_id: str, tokenizer_dir: Path, image_size: 
         with tracking_store(uri), mlflow.start_run(run_id=run_id, log_system_metrics=False):
             mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=str(model_file), model_id=logged.model_id,
                                     artifacts={TOKENIZER_ARTIFACT: str(tokenizer_dir)},
-                                    code_paths=_package_code(Path(code_root)),
-                                    signature=signature, input_example=example, pip_requirements=_requirements())
+                                    code_paths=package_code(Path(code_root)),
+                                    signature=signature, input_example=example, pip_requirements=pinned_requirements())
     return logged.model_id

@@ -49,10 +49,56 @@ def _register(uri: str, run_id: str, cfg: Config, checkpoint: str) -> str:
         return register_tokenizer(uri, run_id, cfg, Path(exported["out"]), {VERSION_CHECKPOINT_TAG: checkpoint})
 
 
+def register_generator(uri: str, run_id: str, cfg, checkpoint: str | None) -> str | None:
+    """A generator run's model (captions in, images out) as a new version of its recipe's
+    registered model; None with one warning when that fails, as for tokenizers."""
+    if not checkpoint:
+        return None
+    try:
+        return _register_generator(uri, run_id, cfg, checkpoint)
+    except Exception as exc:
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        print(f"warning: could not register run {run_id} in the model registry ({type(exc).__name__}: {first}); "
+              f"the run stays FINISHED and its checkpoint is {checkpoint}", file=sys.stderr)
+        return None
+
+
+def _register_generator(uri: str, run_id: str, cfg, checkpoint: str) -> str:
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    from vqct.config.compose import config_hash
+    from vqct.stage2.pretrained import export_generator
+    from vqct.tracking.generator_model import log_generator_model
+    from vqct.tracking.logged_model import tracking_store
+    from vqct.tracking.mlflow_run import git_commit
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    _ensure_registered_model(client, cfg.recipe, cfg.family, "vqct generators trained with recipe")
+    with tempfile.TemporaryDirectory() as scratch:
+        model_id = log_generator_model(uri, run_id, export_generator(checkpoint, Path(scratch) / "generator"))
+    tags = {"config_hash": config_hash(cfg), "git_commit": git_commit(), "family": cfg.family,
+            "condition": cfg.condition.name, VERSION_CHECKPOINT_TAG: checkpoint}
+    with tracking_store(uri):
+        version = client.create_model_version(cfg.recipe, source=f"models:/{model_id}", run_id=run_id, tags=tags,
+                                              model_id=model_id)
+    return str(version.version)
+
+
+def _ensure_registered_model(client, name: str, family: str, what: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, tags={"family": family}, description=f"{what} {name}")
+    except MlflowException as exc:
+        if "already exists" not in str(exc).lower():
+            raise
+
+
 def register_tokenizer(uri: str, run_id: str, cfg: Config, tokenizer_dir: Path, tags: dict) -> str:
     """Log TOKENIZER_DIR as RUN_ID's MLflow model, and register that as a new version of the
     recipe's model (created when missing) with TAGS. Returns the version."""
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from vqct.config.compose import config_hash
@@ -62,12 +108,7 @@ def register_tokenizer(uri: str, run_id: str, cfg: Config, tokenizer_dir: Path, 
 
     name = cfg.recipe
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    try:
-        client.create_registered_model(name, tags={"family": cfg.family},
-                                       description=f"vqct tokenizers trained with recipe {name}")
-    except MlflowException as exc:
-        if "already exists" not in str(exc).lower():
-            raise
+    _ensure_registered_model(client, name, cfg.family, "vqct tokenizers trained with recipe")
     model_id = log_tokenizer_model(uri, run_id, tokenizer_dir, cfg.data.image_size)
     tags = {"config_hash": config_hash(cfg), "git_commit": git_commit(), "family": cfg.family,
             "quantizer": cfg.quantizer.name, "codes": str(read_config(tokenizer_dir)[1]["codes"]), **tags}

@@ -1,0 +1,73 @@
+"""A generator directory (stage2/pretrained.py) as an MLflow model: captions in, images out.
+
+`mlflow.pyfunc.load_model(uri).predict(pandas.DataFrame({"caption": [...]}), params={...})` gives
+float32 images (B, 3, S, S) in [0, 1], one per caption (an unconditional generator reads only
+how many rows there are; a segmentation generator is driven through `vqct generate`). Params:
+temperature, top_k, top_p, cfg_scale (0: off), seed. The model carries the generator, the
+tokenizer that decodes its codes and the caption model, plus vqct's own code; loading needs no
+DeepSpeed, Ray or checkpoint directory.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+
+from vqct.tracking.logged_model import TOKENIZER_REQUIREMENTS, package_code, pinned_requirements, tracking_store
+
+GENERATOR_ARTIFACT = "generator"
+MODEL_NAME = "generator"
+PARAMS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "cfg_scale": 0.0, "seed": 0}
+
+
+class GeneratorModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from vqct.stage2.pretrained import from_pretrained_generator
+
+        self.generator, self.tokenizer = from_pretrained_generator(context.artifacts[GENERATOR_ARTIFACT])
+
+    def predict(self, context, model_input, params=None) -> np.ndarray:
+        from vqct.stage2.generate import sample_images
+        from vqct.stage2.sampling import SamplingConfig
+
+        p = {**PARAMS, **(params or {})}
+        captions = [str(c) for c in model_input["caption"]] if hasattr(model_input, "columns") else \
+            [str(c) for c in model_input]
+        guided = self.generator.model.guided
+        sampling = SamplingConfig(float(p["temperature"]), int(p["top_k"]), float(p["top_p"]),
+                                  float(p["cfg_scale"]) if guided and p["cfg_scale"] else None)
+        return sample_images(self.generator, self.tokenizer, len(captions), captions if guided else None,
+                             sampling=sampling, seed=int(p["seed"])).numpy()
+
+
+_MODEL_FILE = """from mlflow.models import set_model
+from vqct.tracking.generator_model import GeneratorModel
+set_model(GeneratorModel())
+"""
+
+
+def log_generator_model(uri: str, run_id: str, generator_dir: Path) -> str:
+    """Log GENERATOR_DIR as RUN_ID's pyfunc model; returns its model id (`models:/<id>`)."""
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    example = pd.DataFrame({"caption": ["a red circle", "a small blue square"]})
+    model = GeneratorModel()
+    model.load_context(type("Context", (), {"artifacts": {GENERATOR_ARTIFACT: str(generator_dir)}}))
+    signature = infer_signature(example, model.predict(None, example), params=PARAMS)
+    client = mlflow.MlflowClient(uri)
+    logged = client.create_logged_model(client.get_run(run_id).info.experiment_id, name=MODEL_NAME,
+                                        source_run_id=run_id, model_type="vqct-generator")
+    with tempfile.TemporaryDirectory() as code_root:
+        model_file = Path(code_root) / "generator_model.py"
+        model_file.write_text(_MODEL_FILE)
+        with tracking_store(uri), mlflow.start_run(run_id=run_id, log_system_metrics=False):
+            mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=str(model_file), model_id=logged.model_id,
+                                    artifacts={GENERATOR_ARTIFACT: str(generator_dir)},
+                                    code_paths=package_code(Path(code_root)), signature=signature,
+                                    pip_requirements=pinned_requirements(
+                                        TOKENIZER_REQUIREMENTS + ("transformers", "tokenizers", "pandas")))
+    return logged.model_id
