@@ -164,3 +164,17 @@ def test_bench_eval_rejects_bad_numbers_and_a_non_checkpoint(tmp_path):
         proc = subprocess.run(vqct_cmd() + ["bench", "eval", str(tmp_path), "--data", str(tmp_path), *args],
                               capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("layout", [["--codes", "64", "--grid", "4"], ["--adj-noun", "16,24,2", "--grid", "4"]],
+                         ids=["one-index", "adj-noun"])
+def test_bench_generate_times_the_step_against_plain_and_the_cache_against_recompute(layout):
+    proc = subprocess.run(vqct_cmd() + ["bench", "generate", "generator_shapes", "data.batch_size=4",
+                                        "generator.n_layer=2", "generator.n_embd=32", *layout, "--steps", "2",
+                                        "--warmup", "1", "--samples", "2"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = last_json(proc.stdout)
+    train, sample = result["train"], result["sample"]
+    assert train["first_loss"]["vqct"] == train["first_loss"]["plain"]  # same weights, same batch, same loss
+    assert train["ratio_vs_plain"] > 0 and sample["cache_speedup"] > 0
+    assert sample["same_codes"] is True and result["layout"]["height"] == 4

@@ -31,7 +31,7 @@ def _images(batch: int, size: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
-def _init_single_process(use_gpu: bool) -> None:
+def init_single_process(use_gpu: bool) -> None:
     import deepspeed
 
     # A world of its own on a free loopback port: a MASTER_PORT inherited from a parent that
@@ -181,7 +181,7 @@ def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: 
                 os.environ.setdefault("DS_ACCELERATOR", "cpu")
                 if cfg.trainer.keep_host_memory:  # as a CPU worker does; for both steps timed here
                     keep_freed_memory()
-            _init_single_process(use_gpu)
+            init_single_process(use_gpu)
             images = _images(cfg.data.batch_size, cfg.data.image_size, cfg.seed)
         print(f"bench step: {precision} ...", file=sys.stderr)
         if baseline == "variants":

@@ -75,6 +75,13 @@ def _cmd_generate(args: argparse.Namespace) -> dict:
                     args.seed)
 
 
+def _cmd_bench_generate(args: argparse.Namespace) -> dict:
+    from vqct.bench.generate import bench_generate
+
+    return bench_generate(args.recipe, args.overrides, args.codes, args.grid, args.adj_noun, args.steps, args.warmup,
+                          args.samples)
+
+
 def _cmd_train(args: argparse.Namespace) -> dict:
     from vqct.config import load_recipe
     from vqct.launch.ray_driver import train
@@ -457,6 +464,17 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--warmup", type=int, default=3)
     step.add_argument("--priors", help="priors cache directory, for vqct recipes")
     step.set_defaults(func=_cmd_bench_step)
+    bench_gen = bench_sub.add_parser("generate", help="the stage-2 training step against a plain PyTorch loop, and "
+                                     "sampling with the key-value cache against recomputing")
+    bench_gen.add_argument("recipe", nargs="?", default="generator_shapes")
+    bench_gen.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. generator.n_layer=8")
+    bench_gen.add_argument("--codes", type=int, default=256, help="codebook size of a one-index tokenizer")
+    bench_gen.add_argument("--grid", type=int, default=8, help="side of the code grid (8: 32 px at f4)")
+    bench_gen.add_argument("--adj-noun", help="ADJECTIVES,NOUNS,TOPK: a VQCT layout instead of --codes")
+    bench_gen.add_argument("--steps", type=int, default=20)
+    bench_gen.add_argument("--warmup", type=int, default=3)
+    bench_gen.add_argument("--samples", type=int, default=8, help="sequences sampled at once")
+    bench_gen.set_defaults(func=_cmd_bench_generate)
     bench_eval = bench_sub.add_parser("eval", help="vqct eval's per-image pass against the same work done plainly "
                                       "and against the model's forward alone")
     _add_target(bench_eval)

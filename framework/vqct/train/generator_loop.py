@@ -28,7 +28,8 @@ from vqct.stage2.sampling import SamplingConfig, sample_codes
 from vqct.train.engines import build_generator_engine
 from vqct.train.loop import (Worker, ray_rank_and_world, read_figures, seed_everything, stdout_to_stderr,
                              worker_device)
-from vqct.train.numerics import NonFiniteLoss, check_losses, skip_step_on_nonfinite_grads
+from vqct.train.generator_step import generator_micro_step
+from vqct.train.numerics import NonFiniteLoss
 from vqct.train.spec import GeneratorSummary, WorkerSpec
 from vqct.train.state import TrainState
 
@@ -119,22 +120,17 @@ class GeneratorWorker(Worker):
     def _micro_step(self, batch):
         """This micro-batch's loss (on the device), or None when it was not finite."""
         codes = batch.codes.to(self.device)
-        guard, step = self.state.guard, self.state.step
+        guard, step, skipped = self.state.guard, self.state.step, self.gen.skipped_steps
         try:
-            _, loss = self.gen(codes, self._condition(batch), self._dropped(codes.shape[0]))
-            check_losses({"loss/ce": loss})
+            loss = generator_micro_step(self.gen, codes, self._condition(batch), self._dropped(codes.shape[0]))
         except NonFiniteLoss as bad:
             guard.bad_loss(bad.term, step + 1, self.state.checkpoint_step)
             return None
-        skipped = self.gen.skipped_steps
-        self.gen.backward(loss)
-        with skip_step_on_nonfinite_grads(self.gen):
-            self.gen.step()
-        if self.gen.skipped_steps > skipped:
+        if self.gen.skipped_steps > skipped:  # DeepSpeed's overflow skip
             guard.bad_gradient(step + 1, self.state.checkpoint_step)
         else:
             guard.good()
-        return loss.detach()
+        return loss
 
     # ---- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
