@@ -113,7 +113,7 @@ cluster-tools:
 	  else echo "note: slurm-wlm is missing and cannot be installed here: the SLURM tests will be skipped"; fi; }
 
 test: $(STAMP) cluster-tools
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=15
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -m "not e2e"

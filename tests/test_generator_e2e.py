@@ -3,6 +3,7 @@ caption-conditioned generator trained on 2 Ray workers with DeepSpeed ZeRO-2, it
 sample grids in MLflow, a resume in the same MLflow run, its registered model loaded in a fresh
 process, `vqct generate`, and codes of two tokenizers refused."""
 
+import io
 import json
 import shutil
 import subprocess
@@ -83,6 +84,26 @@ def test_generator_trains_on_code_shards_logs_samples_and_resumes(tmp_path, shap
     assert proc.returncode == 0 and done["prefix_rows"] == 4, proc.stderr[-3000:]
     proc, _ = _vqct(["generate", run_dir, "-n", "2", "--out", "x.png"], tmp_path)
     assert proc.returncode == 2 and "give --caption" in proc.stderr
+
+    # one completion per held-out condition, spread over Ray tasks, as image shards; then a resume
+    proc, sampled = _vqct(["generate", run_dir, "--conditions", "codes", "--out-shards", "samples", "--complete",
+                           "--top-k", "16"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (sampled["shards"], sampled["sampled"], sampled["samples"]) == (6, 6, 240)
+    import webdataset as wds
+
+    shards = sorted(str(p) for p in (tmp_path / "samples").glob("samples-*.tar"))
+    out = list(wds.DataPipeline(wds.SimpleShardList(shards), wds.tarfile_to_samples()))
+    conditions = {s["__key__"]: s for s in wds.DataPipeline(wds.SimpleShardList(
+        sorted(str(p) for p in (tmp_path / "codes").glob("codes-*.tar"))), wds.tarfile_to_samples())}
+    assert len(out) == 240 and {s["__key__"] for s in out} == set(conditions)
+    for sample in out[:5]:
+        assert Image.open(io.BytesIO(sample["jpg"])).size == (32, 32)
+        assert sample["real.codes.npy"] == conditions[sample["__key__"]]["codes.npy"]
+        assert sample["txt"].decode() == conditions[sample["__key__"]]["txt"].decode().splitlines()[0].strip()
+    proc, again = _vqct(["generate", run_dir, "--conditions", "codes", "--out-shards", "samples", "--complete",
+                         "--top-k", "16"], tmp_path)
+    assert proc.returncode == 0 and again["sampled"] == 0, proc.stderr[-3000:]
 
     # val codes of another tokenizer: refused before any worker starts
     shutil.copytree(tmp_path / "codes", tmp_path / "other")

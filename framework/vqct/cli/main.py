@@ -71,6 +71,17 @@ def _cmd_generate(args: argparse.Namespace) -> dict:
     from vqct.stage2.sampling import SamplingConfig
 
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.cfg_scale, not args.no_cache)
+    if (args.conditions is None) != (args.out_shards is None):
+        raise UserError("--conditions CODES and --out-shards DIR go together (one sample per held-out condition)")
+    if args.conditions is not None:
+        if args.out or args.caption or args.segmentation or args.prefix_image:
+            raise UserError("--conditions takes each sample's condition from the code shards: drop --out, "
+                            "--caption, --segmentation and --prefix-image (--complete continues each one's codes)")
+        from vqct.launch.sample_shards import sample_to_shards
+
+        return sample_to_shards(args.target, args.conditions, args.out_shards, sampling, args.seed, args.complete)
+    if not args.out:
+        raise UserError("give --out GRID.png (or --conditions CODES --out-shards DIR)")
     return generate(args.target, args.out, args.n, args.caption, args.segmentation, args.prefix_image, sampling,
                     args.seed)
 
@@ -393,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate = sub.add_parser("generate", help="a grid of samples from a trained generator (stage 2), decoded by "
                               "the tokenizer its code shards carry")
     generate.add_argument("target", help="a generator run directory (runs/<run>) or one of its checkpoints")
-    generate.add_argument("--out", required=True, help="PNG file for the grid")
+    generate.add_argument("--out", help="PNG file for the grid")
     generate.add_argument("-n", type=int, default=16, help="samples")
     generate.add_argument("--caption", help="the caption (caption-conditioned generators)")
     generate.add_argument("--segmentation", help="a class-per-pixel PNG (segmentation-conditioned generators)")
@@ -404,6 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (default: off)")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--no-cache", action="store_true", help="recompute the prefix every step (slower)")
+    generate.add_argument("--conditions", help="held-out code shards (vqct data tokenize): one sample per sample, "
+                          "spread over Ray tasks, written as image shards to --out-shards")
+    generate.add_argument("--out-shards", help="directory for samples-NNNNNN.tar and manifest.json (resumable)")
+    generate.add_argument("--complete", action="store_true",
+                          help="with --conditions: keep each sample's top half of codes and generate the rest")
     generate.set_defaults(func=_cmd_generate)
 
     export = sub.add_parser("export", help="a tokenizer directory (config.json + model.safetensors) that "

@@ -18,7 +18,7 @@ from vqct.data.shard_manifest import kept_shards
 from vqct.data.shards import resolve_shards
 from vqct.errors import UserError
 from vqct.files import atomic_write_text
-from vqct.launch.ray_connect import connect
+from vqct.launch.shard_tasks import run_shard_tasks
 from vqct.records.code_manifest import FORMAT, MANIFEST, TOKENIZER_DIR, tokenizer_identity
 
 
@@ -39,8 +39,6 @@ def _plan(digest: str, urls: list[str]) -> str:
 
 
 def tokenize_to_shards(target: str, data, out: str, batch_size: int = 64, tracking_uri: str | None = None) -> dict:
-    from tqdm import tqdm
-
     from vqct.stage2.code_shards import code_layout, weights_digest
     from vqct.tokenizer.load import load_tokenizer
     from vqct.tokenizer.pretrained import from_pretrained, save_pretrained
@@ -70,7 +68,8 @@ def tokenize_to_shards(target: str, data, out: str, batch_size: int = 64, tracki
     if kept:
         print(f"resuming: {len(kept)} of {len(urls)} code shards already written", file=sys.stderr)
     if todo:
-        _run_tasks(str(directory), todo, out_dir, batch_size, manifest, tqdm)
+        run_shard_tasks(_tokenize_one, [(str(directory), url, str(out_dir / name), batch_size) for url, name in todo],
+                        out_dir / MANIFEST, manifest, "tokenize")
     manifest["shards"].sort(key=lambda e: e["name"])
     manifest["complete"] = True
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1))
@@ -81,22 +80,3 @@ def tokenize_to_shards(target: str, data, out: str, batch_size: int = 64, tracki
     return {"out": str(out_dir), "shards": len(manifest["shards"]), "tokenized": len(todo),
             "samples": sum(e["samples"] for e in manifest["shards"]), "skipped": skipped,
             "tokenizer": manifest["tokenizer"]["digest"][:12], "layout": layout.as_dict()}
-
-
-def _run_tasks(directory: str, todo: list[tuple[str, str]], out_dir: Path, batch_size: int, manifest: dict,
-               tqdm) -> None:
-    import ray
-
-    connected = connect(1, {"TOKENIZERS_PARALLELISM": "false"})
-    try:
-        task = ray.remote(num_cpus=1)(_tokenize_one)
-        pending = [task.remote(directory, url, str(out_dir / name), batch_size) for url, name in todo]
-        with tqdm(total=len(pending), desc="tokenize", unit="shard", file=sys.stderr) as bar:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                manifest["shards"].append(ray.get(done[0]))
-                atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1))
-                bar.update(1)
-    finally:
-        if connected:
-            ray.shutdown()

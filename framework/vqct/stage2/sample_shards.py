@@ -1,0 +1,78 @@
+"""One code shard of conditions -> one shard of generated images, for evaluating a generator.
+
+Each sample of the condition shard (a `vqct data tokenize` shard of held-out data) gets one
+generated image, conditioned on its first caption line or its segmentation (the generator's
+condition), or, with COMPLETE, continuing the top half of its own codes. The output is in the
+LAION layout the loader and `vqct eval` read: `jpg` (the generated image), `txt` (the caption
+used), and the condition sample's ground truth (`json`, `seg.png`, `inst.png`) and real codes
+(`real.codes.npy`), so the judges compare each sample with what it was asked for.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vqct.data.code_loader import SEGMENTATION_EXT
+from vqct.data.decode import encode_image
+from vqct.data.shard_manifest import shard_entry
+from vqct.records.code_manifest import CODES_EXT
+from vqct.stage2.generate import sample_images
+from vqct.stage2.sampling import SamplingConfig
+
+REAL_CODES_EXT = "real.codes.npy"
+
+
+def _first_line(raw: bytes) -> str:
+    text = raw.decode("utf-8", errors="replace").strip()
+    return text.splitlines()[0].strip() if text else ""
+
+
+def _write(sink, samples: list[dict], images: torch.Tensor, captions: list[str]) -> None:
+    pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    for sample, pixel, caption in zip(samples, pixels, captions):
+        kept = {k: v for k, v in sample.items() if k not in (CODES_EXT, "txt", "__url__")}
+        sink.write({**kept, "jpg": encode_image(Image.fromarray(pixel)), "txt": caption.encode(),
+                    REAL_CODES_EXT: sample[CODES_EXT]})
+
+
+def _sample_batch(gen, tokenizer, samples: list[dict], sampling: SamplingConfig, seed: int, complete: bool):
+    layout = gen.model.layout
+    captions = [_first_line(s.get("txt", b"")) for s in samples]
+    cond_name = gen.config.condition.name
+    real = torch.stack([torch.from_numpy(np.load(io.BytesIO(s[CODES_EXT])).astype(np.int64)) for s in samples])
+    prefix = real[:, : layout.height // 2].reshape(len(samples), -1, layout.columns) if complete else None
+    if cond_name == "segmentation":  # one class map per sample: sample them one by one
+        out = [sample_images(gen, tokenizer, 1, None, np.asarray(Image.open(io.BytesIO(s[SEGMENTATION_EXT]))),
+                             None if prefix is None else prefix[i:i + 1], sampling, seed + i)
+               for i, s in enumerate(samples)]
+        return torch.cat(out), captions
+    images = sample_images(gen, tokenizer, len(samples), captions if cond_name == "caption" else None,
+                           prefix=prefix, sampling=sampling, seed=seed)
+    return images, captions
+
+
+def sample_shard(gen, tokenizer, url: str, out: Path, sampling: SamplingConfig, seed: int, complete: bool,
+                 batch_size: int = 32) -> dict:
+    """Write OUT (via a temporary name) from the conditions in URL; returns its manifest entry."""
+    import webdataset as wds
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    written, batch = 0, []
+    samples = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
+    with wds.TarWriter(str(tmp), mtime=0.0) as sink:
+        for sample in samples:
+            batch.append(sample)
+            if len(batch) == batch_size:
+                _write(sink, batch, *_sample_batch(gen, tokenizer, batch, sampling, seed + written, complete))
+                written, batch = written + len(batch), []
+        if batch:
+            _write(sink, batch, *_sample_batch(gen, tokenizer, batch, sampling, seed + written, complete))
+            written += len(batch)
+    os.replace(tmp, out)
+    return {**shard_entry(out, written), "source": url}
