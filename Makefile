@@ -1,5 +1,6 @@
 # vqct — every target sets itself up from nothing (a fresh clone has no .venv).
 #   make demo   generate shapes shards and train the VQCT recipe (2 Ray workers, ZeRO-2, CPU)
+#   make demo-stage2  the demo's tokenizer -> code shards -> a caption generator -> a sample grid
 #   make compare  the five shapes recipes under the same settings, each evaluated, then a table
 #                 (DATA=scenes: the five scenes recipes on the scenes world)
 #   make capacity vqgan_scenes with 1,024 and with 64 codes over three seeds
@@ -54,7 +55,7 @@ endif
 # its 1,024 codes: docs/results.md, "Scenes").
 CAPACITY_CODES ?= 1024 64
 
-.PHONY: setup cluster-tools demo compare capacity test test-fast clean
+.PHONY: setup cluster-tools demo demo-stage2 compare capacity test test-fast clean
 
 setup: $(STAMP)
 
@@ -72,6 +73,18 @@ $(DEMO_DATA)/manifest.json: | $(STAMP)
 
 demo: $(STAMP) $(DEMO_DATA)/manifest.json
 	$(VENV)/bin/vqct train vqct_shapes $(DEMO_ARGS)
+
+# make demo-stage2: the demo's tokenizer (the newest runs/vqct_shapes-*) -> code shards -> a
+# caption-conditioned generator -> a grid of samples (README, "Stage 2"; docs/generation.md).
+DEMO_RUN ?= $(shell ls -td runs/vqct_shapes-* 2>/dev/null | head -1)
+DEMO_CAPTION ?= a large red circle
+demo-stage2: $(STAMP) $(DEMO_DATA)/manifest.json
+	@test -n "$(DEMO_RUN)" || { echo "no runs/vqct_shapes-* here: run make demo first"; exit 2; }
+	$(VENV)/bin/vqct data tokenize $(DEMO_RUN) $(DEMO_DATA)/train --out codes/shapes/train
+	$(VENV)/bin/vqct data tokenize $(DEMO_RUN) $(DEMO_DATA)/val --out codes/shapes/val
+	set -o pipefail; $(VENV)/bin/vqct train generator_shapes | tee runs/generator_shapes-demo.json
+	$(VENV)/bin/vqct generate $$($(PY) -c 'import sys; from vqct.records.command_output import read_last_json; print(read_last_json(sys.argv[1])["run_name"])' runs/generator_shapes-demo.json) \
+	  --caption "$(DEMO_CAPTION)" -n 16 --top-k 64 --cfg-scale 2 --out runs/generator_shapes-demo.png
 
 $(SCENES_DATA)/manifest.json: | $(STAMP)
 	$(VENV)/bin/vqct data scenes --out $(SCENES_DATA) --num-samples 20000 --val 1000 --image-size 64 --seed 0
@@ -119,4 +132,4 @@ test-fast: $(STAMP)
 	$(PY) -m pytest tests -m "not e2e"
 
 clean:
-	rm -rf runs mlflow.db mlartifacts data/shapes data/scenes parsers .pytest_cache
+	rm -rf runs mlflow.db mlartifacts data/shapes data/scenes parsers codes .pytest_cache

@@ -71,10 +71,12 @@ def test_generator_trains_on_code_shards_logs_samples_and_resumes(tmp_path, shap
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "(2, 3, 32, 32) False False"
 
-    # a grid from the trained run: caption and guidance, then completion of a held-out image
+    # a grid from the registered version: caption and guidance; then from the run directory,
+    # completion of a held-out image
     run_dir = f"runs/{first['run_name']}"
-    proc, grid = _vqct(["generate", run_dir, "--caption", "a red circle", "-n", "4", "--out", "grid.png",
-                        "--top-k", "32", "--cfg-scale", "2"], tmp_path)
+    proc, grid = _vqct(["generate", "models:/generator_shapes/2", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                        "--caption", "a red circle", "-n", "4", "--out", "grid.png", "--top-k", "32",
+                        "--cfg-scale", "2"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert grid["samples"] == 4 and Image.open(tmp_path / "grid.png").size == (268, 268)  # 2 x 2 tiles of 128 px, 4 px apart
     image = tmp_path / "held_out.png"

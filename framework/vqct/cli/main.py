@@ -71,6 +71,10 @@ def _cmd_generate(args: argparse.Namespace) -> dict:
     from vqct.stage2.sampling import SamplingConfig
 
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.cfg_scale, not args.no_cache)
+    if args.target.startswith("models:/"):  # a registered generator: its directory, fetched once
+        from vqct.tracking.registry import fetch_generator
+
+        args.target = str(fetch_generator(args.target, args.tracking_uri))
     if (args.conditions is None) != (args.out_shards is None):
         raise UserError("--conditions CODES and --out-shards DIR go together (one sample per held-out condition)")
     if args.conditions is not None:
@@ -403,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = sub.add_parser("generate", help="a grid of samples from a trained generator (stage 2), decoded by "
                               "the tokenizer its code shards carry")
-    generate.add_argument("target", help="a generator run directory (runs/<run>) or one of its checkpoints")
+    generate.add_argument("target", help="a trained generator: a run directory (runs/<run>), a run name, a "
+                          "checkpoint, models:/<recipe>/<version> or @<alias>, or a generator directory")
+    generate.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
     generate.add_argument("--out", help="PNG file for the grid")
     generate.add_argument("-n", type=int, default=16, help="samples")
     generate.add_argument("--caption", help="the caption (caption-conditioned generators)")

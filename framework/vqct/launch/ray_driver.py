@@ -70,17 +70,10 @@ def train(cfg: Config | GeneratorConfig) -> dict:
     """Train CFG; returns the RunSummary's JSON (the command's final line)."""
     if isinstance(cfg, GeneratorConfig):
         return _train_generator(cfg)
-    t, d = cfg.trainer, cfg.data
-    missing: list[str] = []
-    train_urls, empty = drop_empty(resolve_shards(d.train_shards, "data.train_shards", missing), "data.train_shards")
-    check_reader_count(train_urls, t.num_workers, d.num_workers, "data.train_shards")
-    val_urls, _ = drop_empty(resolve_shards(d.val_shards or d.train_shards, "data.val_shards"), "data.val_shards")
-    check_reader_count(val_urls, t.num_workers, d.num_workers, "data.val_shards")
-    cfg.tracking.uri = absolute_uri(cfg.tracking.uri)
-    storage = Path(t.storage_path).expanduser().resolve()
-    run_name, previous = choose_run(storage, cfg.recipe, t.run_name, t.resume)
-    if previous:
-        repair_ray_snapshot(storage / run_name)
+    d = cfg.data
+    train_urls, val_urls, missing, empty = _shard_sets(cfg, d.train_shards, d.val_shards or d.train_shards,
+                                                       "data.train_shards", "data.val_shards")
+    storage, run_name, previous = _run_place(cfg)
     priors_dir = None
     if isinstance(cfg.quantizer, VQCTConfig):  # built once here, loaded by every worker
         from vqct.text.priors import ensure_priors
@@ -91,6 +84,29 @@ def train(cfg: Config | GeneratorConfig) -> dict:
 
     spec = WorkerSpec(cfg, "", str(storage / run_name), train_urls, val_urls, priors_dir)
     return _connect_and_fit(spec, storage, previous, len(missing), len(empty))
+
+
+def _shard_sets(cfg, train, val, train_key: str, val_key: str) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(train urls, val urls, missing train shards, empty train shards), each set checked
+    against the readers the run will have."""
+    t, d = cfg.trainer, cfg.data
+    missing: list[str] = []
+    train_urls, empty = drop_empty(resolve_shards(train, train_key, missing), train_key)
+    check_reader_count(train_urls, t.num_workers, d.num_workers, train_key)
+    val_urls, _ = drop_empty(resolve_shards(val, val_key), val_key)
+    check_reader_count(val_urls, t.num_workers, d.num_workers, val_key)
+    return train_urls, val_urls, missing, empty
+
+
+def _run_place(cfg) -> tuple[Path, str, dict | None]:
+    """(storage, run name, the recorded run when resuming); the tracking URI made absolute."""
+    t = cfg.trainer
+    cfg.tracking.uri = absolute_uri(cfg.tracking.uri)
+    storage = Path(t.storage_path).expanduser().resolve()
+    run_name, previous = choose_run(storage, cfg.recipe, t.run_name, t.resume)
+    if previous:
+        repair_ray_snapshot(storage / run_name)
+    return storage, run_name, previous
 
 
 def _connect_and_fit(spec: WorkerSpec, storage: Path, previous: dict | None, missing: int, empty: int) -> dict:
@@ -108,19 +124,11 @@ def _connect_and_fit(spec: WorkerSpec, storage: Path, previous: dict | None, mis
 
 def _train_generator(cfg: GeneratorConfig) -> dict:
     """A stage-2 run: the code sets must share one tokenizer (records/code_manifest.py)."""
-    t, d = cfg.trainer, cfg.data
+    d = cfg.data
     train_dirs, val_dirs = _code_dirs(d.train_codes, "data.train_codes"), _code_dirs(d.val_codes, "data.val_codes")
     identity = same_tokenizer(train_dirs + val_dirs)
-    missing: list[str] = []
-    train_urls, empty = drop_empty(resolve_shards(train_dirs, "data.train_codes", missing), "data.train_codes")
-    check_reader_count(train_urls, t.num_workers, d.num_workers, "data.train_codes")
-    val_urls, _ = drop_empty(resolve_shards(val_dirs, "data.val_codes"), "data.val_codes")
-    check_reader_count(val_urls, t.num_workers, d.num_workers, "data.val_codes")
-    cfg.tracking.uri = absolute_uri(cfg.tracking.uri)
-    storage = Path(t.storage_path).expanduser().resolve()
-    run_name, previous = choose_run(storage, cfg.recipe, t.run_name, t.resume)
-    if previous:
-        repair_ray_snapshot(storage / run_name)
+    train_urls, val_urls, missing, empty = _shard_sets(cfg, train_dirs, val_dirs, "data.train_codes", "data.val_codes")
+    storage, run_name, previous = _run_place(cfg)
     code_set = {"layout": identity["layout"], "digest": identity["digest"],
                 "tokenizer_dir": str((Path(train_dirs[0]) / TOKENIZER_DIR).resolve())}
     spec = WorkerSpec(cfg, "", str(storage / run_name), train_urls, val_urls, code_set=code_set)

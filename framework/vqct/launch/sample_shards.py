@@ -40,18 +40,17 @@ def _sample_one(generator_dir: str, url: str, out: str, sampling: dict, seed: in
 def sample_to_shards(target: str, conditions: str, out: str, sampling, seed: int = 0, complete: bool = False,
                      batch_size: int = 32) -> dict:
     from vqct.data.shards import resolve_shards
-    from vqct.stage2.load import load_generator
-    from vqct.stage2.pretrained import WEIGHTS_FILE, export_generator
+    from vqct.stage2.pretrained import WEIGHTS_FILE, export_generator, is_generator_dir, open_generator
 
     manifest_in = read_code_manifest(conditions)
-    code_set = load_generator(target).code_set
+    code_set = open_generator(target)[0].code_set
     if manifest_in["tokenizer"]["digest"] != code_set["digest"]:
         raise UserError(f"--conditions {conditions} holds codes of tokenizer {manifest_in['tokenizer']['target']}, "
                         "not the one this generator was trained on: tokenize the held-out split with that tokenizer")
     urls = resolve_shards(conditions, "--conditions")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    generator_dir = export_generator(target, out_dir / GENERATOR_DIR)
+    generator_dir = Path(target) if is_generator_dir(Path(target)) else export_generator(target, out_dir / GENERATOR_DIR)
     settings = {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
                 "cfg_scale": sampling.cfg_scale, "use_cache": sampling.use_cache}
     plan = hashlib.sha256(json.dumps({"format": FORMAT, "generator": sha256_file(generator_dir / WEIGHTS_FILE),

@@ -22,7 +22,8 @@ from vqct.data.code_loader import grid_classes
 from vqct.errors import UserError
 from vqct.stage2.captions import caption_features
 from vqct.stage2.code_shards import as_columns
-from vqct.stage2.load import TrainedGenerator, load_generator
+from vqct.stage2.load import TrainedGenerator
+from vqct.stage2.pretrained import open_generator
 from vqct.stage2.sampling import SamplingConfig, sample_codes
 
 MIN_TILE = 128  # grid tiles are upscaled (nearest) to at least this many pixels, as eval grids are
@@ -95,8 +96,8 @@ def generate(target: str, out: str, n: int = 16, caption: str | None = None, seg
         sampling.check()
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    gen = load_generator(target)
-    tokenizer, tok_cfg = from_pretrained(gen.code_set["tokenizer_dir"])
+    gen, tokenizer = open_generator(target)
+    tok_cfg = from_pretrained(gen.code_set["tokenizer_dir"])[1] if prefix_image is not None else None
     prefix, rows = None, 0
     if prefix_image is not None:
         rows = gen.model.layout.height // 2

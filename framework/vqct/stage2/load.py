@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from vqct.config.generator import CaptionConditionConfig, GeneratorConfig
+from vqct.config.schema import TrainerConfig
 from vqct.config.typed import generator_config_from_dict
 from vqct.errors import UserError
 from vqct.records.checkpoint_integrity import STATE_FILE, DamagedCheckpoint, choose_checkpoint, read_state
@@ -30,16 +31,21 @@ class TrainedGenerator:
 
 
 def generator_checkpoint(target: str | Path) -> Path:
-    """A checkpoint directory, or a run directory (its newest intact checkpoint)."""
+    """A checkpoint directory, a run directory (its newest intact checkpoint), or a run name
+    under the default storage (runs/)."""
     path = Path(target).expanduser()
+    named = Path(TrainerConfig().storage_path) / str(target)
+    if not path.exists() and "/" not in str(target) and is_run_dir(named):  # a run name under runs/
+        path = named
     if is_run_dir(path):
         latest, _ = choose_checkpoint(path)
         if latest is None:
             raise UserError(f"{target}: this run has no intact checkpoint yet")
         return latest
     if not (path / STATE_FILE).is_file():
-        raise UserError(f"{target}: not a generator checkpoint or run directory (no {STATE_FILE}); give "
-                        "runs/<run> or runs/<run>/checkpoint_<time> of a generator recipe")
+        raise UserError(f"{target}: not a trained generator here; give a run directory (runs/<run>), a run "
+                        "name, a checkpoint (runs/<run>/checkpoint_<time>), a generator directory or "
+                        "models:/<generator recipe>/<version>")
     return path
 
 

@@ -72,3 +72,20 @@ def from_pretrained_generator(directory: str | Path, device: str = "cpu") -> tup
     code_set = {**meta["code_set"], "tokenizer_dir": str(directory / TOKENIZER_DIR)}
     tokenizer, _ = from_pretrained(directory / TOKENIZER_DIR, device)
     return TrainedGenerator(model.eval().to(device), cfg, code_set, encoder, directory), tokenizer
+
+
+def is_generator_dir(path: Path) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file() and (Path(path) / WEIGHTS_FILE).is_file()
+
+
+def open_generator(target: str | Path, device: str = "cpu") -> tuple[TrainedGenerator, object]:
+    """A generator directory, a checkpoint, a run directory or a run name under runs/ ->
+    (the generator, the tokenizer of its codes). models:/ URIs are fetched by the caller
+    (tracking.registry.fetch_generator), which hands over the directory."""
+    from vqct.tokenizer.pretrained import from_pretrained
+
+    path = Path(target).expanduser()
+    if is_generator_dir(path):
+        return from_pretrained_generator(path, device)
+    gen = load_generator(target, device)
+    return gen, from_pretrained(gen.code_set["tokenizer_dir"], device)[0]

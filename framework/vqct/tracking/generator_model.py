@@ -10,13 +10,12 @@ DeepSpeed, Ray or checkpoint directory.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
 
-from vqct.tracking.logged_model import TOKENIZER_REQUIREMENTS, package_code, pinned_requirements, tracking_store
+from vqct.tracking.logged_model import TOKENIZER_REQUIREMENTS, log_code_model, pinned_requirements
 
 GENERATOR_ARTIFACT = "generator"
 MODEL_NAME = "generator"
@@ -58,16 +57,6 @@ def log_generator_model(uri: str, run_id: str, generator_dir: Path) -> str:
     model = GeneratorModel()
     model.load_context(type("Context", (), {"artifacts": {GENERATOR_ARTIFACT: str(generator_dir)}}))
     signature = infer_signature(example, model.predict(None, example), params=PARAMS)
-    client = mlflow.MlflowClient(uri)
-    logged = client.create_logged_model(client.get_run(run_id).info.experiment_id, name=MODEL_NAME,
-                                        source_run_id=run_id, model_type="vqct-generator")
-    with tempfile.TemporaryDirectory() as code_root:
-        model_file = Path(code_root) / "generator_model.py"
-        model_file.write_text(_MODEL_FILE)
-        with tracking_store(uri), mlflow.start_run(run_id=run_id, log_system_metrics=False):
-            mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=str(model_file), model_id=logged.model_id,
-                                    artifacts={GENERATOR_ARTIFACT: str(generator_dir)},
-                                    code_paths=package_code(Path(code_root)), signature=signature,
-                                    pip_requirements=pinned_requirements(
-                                        TOKENIZER_REQUIREMENTS + ("transformers", "tokenizers", "pandas")))
-    return logged.model_id
+    requirements = pinned_requirements(TOKENIZER_REQUIREMENTS + ("transformers", "tokenizers", "pandas"))
+    return log_code_model(uri, run_id, MODEL_NAME, "vqct-generator", _MODEL_FILE,
+                          {GENERATOR_ARTIFACT: str(generator_dir)}, signature, requirements)

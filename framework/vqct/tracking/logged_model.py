@@ -103,15 +103,23 @@ def log_tokenizer_model(uri: str, run_id: str, tokenizer_dir: Path, image_size: 
     model = TokenizerModel()
     model.load_context(type("Context", (), {"artifacts": {TOKENIZER_ARTIFACT: str(tokenizer_dir)}}))
     signature = infer_signature(example, model.predict(None, example))
+    return log_code_model(uri, run_id, MODEL_NAME, "vqct-tokenizer", _MODEL_FILE,
+                          {TOKENIZER_ARTIFACT: str(tokenizer_dir)}, signature, pinned_requirements(), example)
+
+
+def log_code_model(uri: str, run_id: str, name: str, model_type: str, model_source: str, artifacts: dict,
+                   signature, requirements: list[str], input_example=None) -> str:
+    """Log a "models from code" pyfunc (MODEL_SOURCE: the file that calls set_model) with vqct's
+    own packages as its code, as RUN_ID's logged model NAME; returns its model id."""
     client = mlflow.MlflowClient(uri)
-    logged = client.create_logged_model(client.get_run(run_id).info.experiment_id, name=MODEL_NAME,
-                                        source_run_id=run_id, model_type="vqct-tokenizer")
+    logged = client.create_logged_model(client.get_run(run_id).info.experiment_id, name=name,
+                                        source_run_id=run_id, model_type=model_type)
     with tempfile.TemporaryDirectory() as code_root:
-        model_file = Path(code_root) / "tokenizer_model.py"
-        model_file.write_text(_MODEL_FILE)
+        model_file = Path(code_root) / f"{name}_model.py"
+        model_file.write_text(model_source)
         with tracking_store(uri), mlflow.start_run(run_id=run_id, log_system_metrics=False):
-            mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=str(model_file), model_id=logged.model_id,
-                                    artifacts={TOKENIZER_ARTIFACT: str(tokenizer_dir)},
-                                    code_paths=package_code(Path(code_root)),
-                                    signature=signature, input_example=example, pip_requirements=pinned_requirements())
+            mlflow.pyfunc.log_model(name=name, python_model=str(model_file), model_id=logged.model_id,
+                                    artifacts=artifacts, code_paths=package_code(Path(code_root)),
+                                    signature=signature, input_example=input_example,
+                                    pip_requirements=requirements)
     return logged.model_id

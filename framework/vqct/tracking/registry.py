@@ -28,10 +28,14 @@ def register_run(uri: str, run_id: str, cfg: Config, checkpoint: str | None) -> 
     """Log RUN_ID's tokenizer (from its final CHECKPOINT) as the run's MLflow model and register
     it as a new version of the recipe's model. Returns the version, or None with one warning:
     the registry must never turn a finished training into a failure."""
+    return _never_failing(_register, uri, run_id, cfg, checkpoint)
+
+
+def _never_failing(register, uri: str, run_id: str, cfg, checkpoint: str | None) -> str | None:
     if not checkpoint:
         return None
     try:
-        return _register(uri, run_id, cfg, checkpoint)
+        return register(uri, run_id, cfg, checkpoint)
     except Exception as exc:
         first = str(exc).splitlines()[0][:300] if str(exc) else ""
         print(f"warning: could not register run {run_id} in the model registry ({type(exc).__name__}: {first}); "
@@ -52,15 +56,7 @@ def _register(uri: str, run_id: str, cfg: Config, checkpoint: str) -> str:
 def register_generator(uri: str, run_id: str, cfg, checkpoint: str | None) -> str | None:
     """A generator run's model (captions in, images out) as a new version of its recipe's
     registered model; None with one warning when that fails, as for tokenizers."""
-    if not checkpoint:
-        return None
-    try:
-        return _register_generator(uri, run_id, cfg, checkpoint)
-    except Exception as exc:
-        first = str(exc).splitlines()[0][:300] if str(exc) else ""
-        print(f"warning: could not register run {run_id} in the model registry ({type(exc).__name__}: {first}); "
-              f"the run stays FINISHED and its checkpoint is {checkpoint}", file=sys.stderr)
-        return None
+    return _never_failing(_register_generator, uri, run_id, cfg, checkpoint)
 
 
 def _register_generator(uri: str, run_id: str, cfg, checkpoint: str) -> str:
@@ -141,10 +137,26 @@ def registered_version(model_uri: str, uri: str | None):
 def fetch_tokenizer(model_uri: str, uri: str | None = None) -> Path | None:
     """models:/... -> a local copy of the version's tokenizer directory, downloaded through the
     tracking server; None for a version registered before versions held a logged model."""
+    from vqct.tracking.logged_model import TOKENIZER_ARTIFACT
+
+    return _fetch_artifact(model_uri, uri, TOKENIZER_ARTIFACT)
+
+
+def fetch_generator(model_uri: str, uri: str | None = None) -> Path:
+    """models:/<generator recipe>/... -> a local copy of the version's generator directory."""
+    from vqct.tracking.generator_model import GENERATOR_ARTIFACT
+
+    local = _fetch_artifact(model_uri, uri, GENERATOR_ARTIFACT)
+    if local is None:
+        raise UserError(f"{model_uri}: this version holds no generator model; give a generator recipe's version")
+    return local
+
+
+def _fetch_artifact(model_uri: str, uri: str | None, artifact: str) -> Path | None:
     from mlflow.artifacts import download_artifacts
     from mlflow.models import Model
 
-    from vqct.tracking.logged_model import TOKENIZER_ARTIFACT, tracking_store
+    from vqct.tracking.logged_model import tracking_store
 
     version, uri = registered_version(model_uri, uri)
     if not str(version.source).startswith("models:/"):
@@ -152,7 +164,7 @@ def fetch_tokenizer(model_uri: str, uri: str | None = None) -> Path | None:
     with tracking_store(uri):
         local = Path(download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}"))
     artifacts = Model.load(str(local)).flavors["python_function"]["artifacts"]
-    return local / artifacts[TOKENIZER_ARTIFACT]["path"]
+    return local / artifacts[artifact]["path"] if artifact in artifacts else None
 
 
 def _score(client, version, metric: str) -> float | None:

@@ -19,15 +19,13 @@ import torch.distributed as dist
 
 from vqct.config.generator import CaptionConditionConfig, NoConditionConfig, SegmentationConditionConfig
 from vqct.data.code_loader import CodeDecoder, make_code_loader
-from vqct.host_memory import keep_freed_memory
 from vqct.seeds import mask_seed, rank_seed
 from vqct.stage2.build import build_generator
 from vqct.stage2.captions import caption_features, text_width
 from vqct.stage2.generator import CodeLayout
 from vqct.stage2.sampling import SamplingConfig, sample_codes
 from vqct.train.engines import build_generator_engine
-from vqct.train.loop import (Worker, ray_rank_and_world, read_figures, seed_everything, stdout_to_stderr,
-                             worker_device)
+from vqct.train.loop import Worker, ray_rank_and_world, read_figures, seed_everything, stdout_to_stderr
 from vqct.train.generator_step import generator_micro_step
 from vqct.train.numerics import NonFiniteLoss
 from vqct.train.spec import GeneratorSummary, WorkerSpec
@@ -37,19 +35,10 @@ from vqct.train.state import TrainState
 class GeneratorWorker(Worker):
     progress_keys = ("loss/ce", "perf/tokens_per_s")
 
-    def __init__(self, spec: WorkerSpec, rank: int, world: int):  # noqa: super().__init__ builds a tokenizer
-        import deepspeed
-
-        self.spec, self.cfg = spec, spec.config
+    def __init__(self, spec: WorkerSpec, rank: int, world: int):
+        # not super().__init__: that builds a tokenizer and a discriminator
+        self._join(spec, rank, world)
         cfg = self.cfg
-        self.rank, self.world = rank, world
-        self.run_dir = Path(spec.run_dir)
-        torch.set_num_threads(max(1, cfg.trainer.cpus_per_worker))
-        self.device = worker_device(cfg.trainer.use_gpu)
-        if self.device.type == "cpu" and cfg.trainer.keep_host_memory:
-            keep_freed_memory()
-        deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
-        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.layout = CodeLayout.from_dict(spec.code_set["layout"])
         self.text_encoder, text_dim = None, 0
         if isinstance(cfg.condition, CaptionConditionConfig):

@@ -134,18 +134,8 @@ class Worker:
     """One rank: its model, engines and text encoder, and the loop that advances its TrainState."""
 
     def __init__(self, spec: WorkerSpec, rank: int, world: int):
-        import deepspeed
-
-        self.spec, self.cfg = spec, spec.config
+        self._join(spec, rank, world)
         cfg = self.cfg
-        self.rank, self.world = rank, world
-        self.run_dir = Path(spec.run_dir)
-        torch.set_num_threads(max(1, cfg.trainer.cpus_per_worker))
-        self.device = worker_device(cfg.trainer.use_gpu)
-        if self.device.type == "cpu" and cfg.trainer.keep_host_memory:
-            keep_freed_memory()
-        deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
-        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         priors = load_priors(spec.priors_dir) if spec.priors_dir else None
         self.text_encoder = None
         if cfg.align.enabled:  # frozen, outside the engines; the same model the priors use
@@ -172,6 +162,21 @@ class Worker:
             from vqct.tracking.metric_logger import MetricLogger
 
             self.logger = MetricLogger(cfg.tracking.uri, spec.mlflow_run_id)
+
+    def _join(self, spec: WorkerSpec, rank: int, world: int) -> None:
+        """This process's part of the run: threads, device, host memory, the process group,
+        and the seed that gives every rank the same initial weights."""
+        import deepspeed
+
+        self.spec, self.cfg = spec, spec.config
+        self.rank, self.world = rank, world
+        self.run_dir = Path(spec.run_dir)
+        torch.set_num_threads(max(1, self.cfg.trainer.cpus_per_worker))
+        self.device = worker_device(self.cfg.trainer.use_gpu)
+        if self.device.type == "cpu" and self.cfg.trainer.keep_host_memory:
+            keep_freed_memory()
+        deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
+        torch.manual_seed(self.cfg.seed)
 
     # ---- checkpoints ---------------------------------------------------------------------
     def _choose_checkpoint(self) -> Path | None:
