@@ -40,17 +40,19 @@ def _sample_one(generator_dir: str, url: str, out: str, sampling: dict, seed: in
 def sample_to_shards(target: str, conditions: str, out: str, sampling, seed: int = 0, complete: bool = False,
                      batch_size: int = 32) -> dict:
     from vqct.data.shards import resolve_shards
-    from vqct.stage2.pretrained import WEIGHTS_FILE, export_generator, is_generator_dir, open_generator
+    from vqct.stage2.pretrained import CONFIG_FILE, WEIGHTS_FILE, export_generator, is_generator_dir
 
     manifest_in = read_code_manifest(conditions)
-    code_set = open_generator(target)[0].code_set
-    if manifest_in["tokenizer"]["digest"] != code_set["digest"]:
-        raise UserError(f"--conditions {conditions} holds codes of tokenizer {manifest_in['tokenizer']['target']}, "
-                        "not the one this generator was trained on: tokenize the held-out split with that tokenizer")
     urls = resolve_shards(conditions, "--conditions")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # exported once (or given as a directory): its config.json names the code set, so the
+    # generator is not loaded here only to read that
     generator_dir = Path(target) if is_generator_dir(Path(target)) else export_generator(target, out_dir / GENERATOR_DIR)
+    code_set = json.loads((generator_dir / CONFIG_FILE).read_text())["code_set"]
+    if manifest_in["tokenizer"]["digest"] != code_set["digest"]:
+        raise UserError(f"--conditions {conditions} holds codes of tokenizer {manifest_in['tokenizer']['target']}, "
+                        "not the one this generator was trained on: tokenize the held-out split with that tokenizer")
     settings = {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
                 "cfg_scale": sampling.cfg_scale, "use_cache": sampling.use_cache}
     plan = hashlib.sha256(json.dumps({"format": FORMAT, "generator": sha256_file(generator_dir / WEIGHTS_FILE),

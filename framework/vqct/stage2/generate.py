@@ -87,7 +87,7 @@ def _save_grid(images: torch.Tensor, out: Path) -> None:
 
 def generate(target: str, out: str, n: int = 16, caption: str | None = None, segmentation: str | None = None,
              prefix_image: str | None = None, sampling: SamplingConfig | None = None, seed: int = 0) -> dict:
-    from vqct.tokenizer.pretrained import from_pretrained
+    from vqct.tokenizer.pretrained import read_config
 
     if n < 1:
         raise UserError(f"-n {n}: give at least one sample")
@@ -97,7 +97,7 @@ def generate(target: str, out: str, n: int = 16, caption: str | None = None, seg
     except ValueError as exc:
         raise UserError(str(exc)) from None
     gen, tokenizer = open_generator(target)
-    tok_cfg = from_pretrained(gen.code_set["tokenizer_dir"])[1] if prefix_image is not None else None
+    tok_cfg = read_config(gen.code_set["tokenizer_dir"])[0] if prefix_image is not None else None
     prefix, rows = None, 0
     if prefix_image is not None:
         rows = gen.model.layout.height // 2
