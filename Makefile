@@ -4,6 +4,7 @@
 #   make compare  the five shapes recipes under the same settings, each evaluated, then a table
 #                 (DATA=scenes: the five scenes recipes on the scenes world)
 #   make capacity vqgan_scenes with 1,024 and with 64 codes over three seeds
+#   make downstream  VQA and captioning over each scenes tokenizer's frozen codes, then a table
 #   make test   the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -54,8 +55,16 @@ endif
 # make capacity: vqgan_scenes with CAPACITY_CODES codes over SEEDS (the scenes set must need
 # its 1,024 codes: docs/results.md, "Scenes").
 CAPACITY_CODES ?= 1024 64
+# make downstream: each tokenizer of make compare DATA=scenes (recipe x seed) -> code sets of the
+# scenes' train, test and test_compositional -> vqct downstream vqa and caption at the same seed
+# and settings -> one table (docs/downstream.md). Finished runs are kept: rerun to resume.
+DOWNSTREAM_RECIPES ?= vqgan_scenes vqct_scenes lgvq_scenes vqct_lgvq_scenes vqct_vlt_scenes
+DOWNSTREAM_TASKS ?= vqa caption
+DOWNSTREAM_SETTINGS ?=
+DOWNSTREAM_OUT ?= runs/downstream
+DOWNSTREAM_CODES ?= codes/scenes
 
-.PHONY: setup cluster-tools demo demo-stage2 compare capacity test test-fast clean
+.PHONY: setup cluster-tools demo demo-stage2 compare capacity downstream test test-fast clean
 
 setup: $(STAMP)
 
@@ -115,6 +124,22 @@ capacity: $(STAMP) $(SCENES_DATA)/manifest.json $(SCENES_PARSER)
 	  $(call train_eval,runs/capacity/codes$$k-seed$$s,vqgan_scenes,seed=$$s quantizer.codebook_size=$$k trainer.run_name=capacity-codes$$k-seed$$s,$(SCENES_DATA),--parser $(SCENES_PARSER)) || exit 1; \
 	done; done
 	$(VENV)/bin/vqct compare $(foreach s,$(SEEDS),$(foreach k,$(CAPACITY_CODES),runs/capacity/codes$(k)-seed$(s).json))
+
+downstream: $(STAMP) $(SCENES_DATA)/manifest.json
+	@mkdir -p $(DOWNSTREAM_OUT)
+	set -o pipefail; for r in $(DOWNSTREAM_RECIPES); do for s in $(SEEDS); do \
+	  run=runs/compare-scenes/$$r-seed$$s.json; codes=$(DOWNSTREAM_CODES)/$$r-seed$$s; \
+	  test -s $$run || { echo "no $$run: run make compare DATA=scenes first"; exit 2; }; \
+	  checkpoint=$$($(PY) -c 'import sys; from vqct.records.command_output import read_last_json; print(read_last_json(sys.argv[1])["checkpoint"])' $$run) || exit 1; \
+	  for split in train test test_compositional; do \
+	    $(VENV)/bin/vqct data tokenize $$checkpoint $(SCENES_DATA)/$$split --out $$codes/$$split >/dev/null || exit 1; \
+	  done; \
+	  for t in $(DOWNSTREAM_TASKS); do out=$(DOWNSTREAM_OUT)/$$r-seed$$s-$$t.json; test -s $$out || { \
+	    $(VENV)/bin/vqct downstream $$t $$codes/train --eval $$codes/test --eval $$codes/test_compositional \
+	      seed=$$s $(DOWNSTREAM_SETTINGS) | tee $$out.tmp && mv $$out.tmp $$out; } || exit 1; \
+	  done; \
+	done; done
+	$(VENV)/bin/vqct downstream table $(foreach r,$(DOWNSTREAM_RECIPES),$(foreach s,$(SEEDS),$(foreach t,$(DOWNSTREAM_TASKS),$(DOWNSTREAM_OUT)/$(r)-seed$(s)-$(t).json)))
 
 # The SLURM tests start a one-node cluster from Debian's slurm-wlm (daemons on 127.0.0.1).
 cluster-tools:

@@ -13,6 +13,7 @@ LAYERS = [
     {"__main__"},  # python -m vqct
     {"cli"},
     {"bench", "__init__"},  # benchmarks; vqct.load_tokenizer, the library's front door
+    {"downstream"},  # models over frozen codes (VQA, captioning): read code sets, log to MLflow
     {"launch"},
     {"train"},
     {"eval"},

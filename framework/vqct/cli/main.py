@@ -66,6 +66,20 @@ def _cmd_data_tokenize(args: argparse.Namespace) -> dict:
     return tokenize_to_shards(args.target, args.shards, args.out, args.batch_size, args.tracking_uri)
 
 
+def _cmd_downstream(args: argparse.Namespace) -> dict:
+    from vqct.config.downstream import downstream_config
+    from vqct.downstream.run import run_downstream
+
+    return run_downstream(args.task, args.train, args.eval, downstream_config(args.task, args.settings),
+                          args.tracking_uri)
+
+
+def _cmd_downstream_table(args: argparse.Namespace) -> dict:
+    from vqct.downstream.table import downstream_table
+
+    return downstream_table(args.results)
+
+
 def _cmd_generate(args: argparse.Namespace) -> dict:
     from vqct.stage2.generate import generate
     from vqct.stage2.sampling import SamplingConfig
@@ -390,6 +404,24 @@ def build_parser() -> argparse.ArgumentParser:
     codes.add_argument("--batch-size", type=int, default=64)
     codes.set_defaults(func=_cmd_data_tokenize)
 
+    downstream = sub.add_parser("downstream", help="downstream models over a tokenizer's frozen codes (VQA, "
+                                "captioning), and their table")
+    downstream_sub = downstream.add_subparsers(dest="task", required=True)
+    for task, what in [("vqa", "VQA: accuracy overall and per question type"),
+                       ("caption", "captioning: BLEU-4, ROUGE-L, CIDEr-D (METEOR where Java runs)")]:
+        one = downstream_sub.add_parser(task, help=f"{what}; trained on one code set, scored on held-out "
+                                        "ones, logged to MLflow under the tokenizer's run")
+        one.add_argument("train", help="training code set (vqct data tokenize --out DIR)")
+        one.add_argument("--eval", action="append", default=[], required=True,
+                         help="a held-out code set of the same tokenizer (repeat for several)")
+        one.add_argument("settings", nargs="*", help="key=value, e.g. steps=500 seed=1 features=indices")
+        one.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
+        one.set_defaults(func=_cmd_downstream)
+    table = downstream_sub.add_parser("table", help="mean and spread per tokenizer over seeds, from the JSON "
+                                      "lines vqct downstream printed")
+    table.add_argument("results", nargs="+", help="files holding a vqct downstream command's output")
+    table.set_defaults(func=_cmd_downstream_table)
+
     priors = sub.add_parser("priors", help="text priors for the vqct quantizer")
     priors_sub = priors.add_subparsers(dest="priors_command", required=True)
     build = priors_sub.add_parser("build", help="build (or reuse) the priors cache of a recipe")
@@ -535,7 +567,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse takes the positionals of a command in one go, so `key=value` settings written
+    # after an option (vqct downstream vqa TRAIN --eval DIR steps=500) arrive here
+    if extra and hasattr(args, "settings") and not any(e.startswith("-") for e in extra):
+        args.settings += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     interrupt_on_sigterm()
     try:
         result = args.func(args)

@@ -153,13 +153,18 @@ def summarise(results: list[dict]) -> list[dict]:
         for key, _, _ in RESULT_COLUMNS[1:]:
             values = [float(r[key]) for r in runs if isinstance(r.get(key), (int, float))]
             if values:
-                mean = statistics.fmean(values)
-                row[key] = {"mean": mean, "sd": statistics.stdev(values) if len(values) > 1 else None}
+                row[key] = mean_sd(values)
         summary.append(row)
     return summary
 
 
-def _cell(stat: dict | None, fmt: str) -> str:
+def mean_sd(values: list[float]) -> dict:
+    """{"mean", "sd"}: the sample standard deviation, None for one value."""
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None}
+
+
+def cell(stat: dict | None, fmt: str) -> str:
+    """A table cell: "mean ± sd", the mean alone for one run, "-" for none."""
     if not stat:
         return "-"
     if stat["sd"] is None:
@@ -172,7 +177,7 @@ def results_table(results: list[dict]) -> str:
     columns = RESULT_COLUMNS[1:]
     header = "| recipe | seeds | " + " | ".join(title for _, title, _ in columns) + " |"
     rule = "|" + "|".join("---" for _ in range(len(columns) + 2)) + "|"
-    rows = [f"| {row['recipe']} | {row['runs']} | " + " | ".join(_cell(row.get(key), fmt) for key, _, fmt in columns)
+    rows = [f"| {row['recipe']} | {row['runs']} | " + " | ".join(cell(row.get(key), fmt) for key, _, fmt in columns)
             + " |" for row in summarise(results)]
     chance = next((r for r in results if r.get("eval_retrieval_r1_chance")), None)
     note = ""

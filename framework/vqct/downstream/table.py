@@ -1,0 +1,71 @@
+"""The downstream table (`vqct downstream table FILES`): one row per tokenizer recipe and task,
+mean ± standard deviation over its seeds, from the JSON lines `vqct downstream` printed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from vqct.errors import UserError
+from vqct.records.command_output import read_last_json
+from vqct.tracking.compare import cell, mean_sd
+
+COLUMNS = {
+    "vqa": [("test/accuracy", "accuracy", "{:.3f}"), ("test/accuracy_attribute", "attribute", "{:.3f}"),
+            ("test/accuracy_count", "count", "{:.3f}"), ("test/accuracy_existence", "existence", "{:.3f}"),
+            ("test/accuracy_relation", "relation", "{:.3f}"),
+            ("test_compositional/accuracy", "compositional", "{:.3f}")],
+    "caption": [("test/bleu4", "BLEU-4", "{:.3f}"), ("test/rouge_l", "ROUGE-L", "{:.3f}"),
+                ("test/cider_d", "CIDEr-D", "{:.3f}"), ("test/meteor", "METEOR", "{:.3f}"),
+                ("test_compositional/cider_d", "CIDEr-D (compositional)", "{:.3f}")],
+}
+
+
+def _label(result: dict) -> str:
+    features = result["settings"].get("features", "vectors")
+    recipe = result["tokenizer"].get("recipe") or result["tokenizer"]["digest"][:12]
+    return recipe if features == "vectors" else f"{recipe} ({features})"
+
+
+def summarise_downstream(results: list[dict]) -> dict[str, list[dict]]:
+    """Per task, per tokenizer label in first-seen order: runs, seeds and each column's mean/sd."""
+    tables: dict[str, dict[str, list[dict]]] = {}
+    for result in results:
+        tables.setdefault(result["task"], {}).setdefault(_label(result), []).append(result)
+    summary = {}
+    for task, groups in tables.items():
+        rows = []
+        for label, runs in groups.items():
+            row = {"tokenizer": label, "runs": len(runs), "seeds": [r["settings"]["seed"] for r in runs]}
+            for key, _, _ in COLUMNS.get(task, []):
+                values = [float(r["scores"][key]) for r in runs if isinstance(r["scores"].get(key), (int, float))]
+                if values:
+                    row[key] = mean_sd(values)
+            rows.append(row)
+        summary[task] = rows
+    return summary
+
+
+def markdown(summary: dict[str, list[dict]]) -> str:
+    parts = []
+    for task, rows in summary.items():
+        columns = COLUMNS.get(task, [])
+        parts += [f"{task}:", "", "| tokenizer | seeds | " + " | ".join(t for _, t, _ in columns) + " |",
+                  "|" + "|".join("---" for _ in range(len(columns) + 2)) + "|"]
+        parts += [f"| {r['tokenizer']} | {r['runs']} | " + " | ".join(cell(r.get(k), f) for k, _, f in columns) + " |"
+                  for r in rows]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def downstream_table(paths: list[str]) -> dict:
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"{missing[0]}: no such file (give files holding `vqct downstream`'s JSON line)")
+    results = [read_last_json(p) for p in paths]
+    if any("task" not in r or "scores" not in r for r in results):
+        bad = next(p for p, r in zip(paths, results) if "task" not in r or "scores" not in r)
+        raise UserError(f"{bad}: its last line is not the result of `vqct downstream vqa|caption`")
+    summary = summarise_downstream(results)
+    print(markdown(summary), file=sys.stderr)
+    return {"downstream": summary}
