@@ -80,6 +80,12 @@ def _cmd_downstream_table(args: argparse.Namespace) -> dict:
     return downstream_table(args.results)
 
 
+def _cmd_downstream_judge(args: argparse.Namespace) -> dict:
+    from vqct.downstream.judge import judge
+
+    return judge(args.shards, args.parser, args.real, args.limit, args.mismatched)
+
+
 def _cmd_generate(args: argparse.Namespace) -> dict:
     from vqct.stage2.generate import generate
     from vqct.stage2.sampling import SamplingConfig
@@ -417,6 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
         one.add_argument("settings", nargs="*", help="key=value, e.g. steps=500 seed=1 features=indices")
         one.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
         one.set_defaults(func=_cmd_downstream)
+    judge = downstream_sub.add_parser("judge", help="the scene judge: objects found (shape and colour), mIoU, "
+                                      "FID in the parser's feature space, on generated or real scenes")
+    judge.add_argument("shards", nargs="+", help="scenes shards or vqct generate --out-shards output")
+    judge.add_argument("--parser", required=True, help="the scene parser file (vqct parser)")
+    judge.add_argument("--real", nargs="+", help="held-out real scenes for FID in the parser's feature space")
+    judge.add_argument("--limit", type=int, help="judge only the first N scenes (and N real ones)")
+    judge.add_argument("--mismatched", action="store_true", help="the control: judge each picture against "
+                       "the next scene's caption and map")
+    judge.set_defaults(func=_cmd_downstream_judge)
     table = downstream_sub.add_parser("table", help="mean and spread per tokenizer over seeds, from the JSON "
                                       "lines vqct downstream printed")
     table.add_argument("results", nargs="+", help="files holding a vqct downstream command's output")

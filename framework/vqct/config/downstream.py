@@ -29,6 +29,9 @@ class DownstreamConfig:
     features: str = "vectors"  # the tokenizer's frozen code vectors, or "indices" (a learned table)
     patch: int = 2  # grid cells per side read as one image token (16 x 16 codes -> 64 tokens)
     seed: int = 0
+    # The control: every image's codes swapped for another image's (a seeded permutation, in
+    # training and at test), so a score above this one is what the codes themselves add.
+    shuffle_images: bool = False
     train_limit: Optional[int] = None  # read only the first N training samples (quick runs)
     eval_limit: Optional[int] = None
 

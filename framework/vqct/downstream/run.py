@@ -30,6 +30,12 @@ def _features(train: CodeSet, cfg: DownstreamConfig) -> CodeFeatures:
     return CodeFeatures(tokenizer.quantizer, cfg.features, column_code_counts(train.tokenizer["layout"]))
 
 
+def _shuffled(codes: CodeSet, seed: int) -> CodeSet:
+    order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(seed))
+    codes.codes = codes.codes[order]
+    return codes
+
+
 def _eval_name(directory: str) -> str:
     return Path(directory).resolve().name
 
@@ -70,6 +76,9 @@ def run_downstream(task: str, train_dir: str, eval_dirs: list[str], cfg: Downstr
     torch.manual_seed(cfg.seed)
     train = read_code_set(train_dir, cfg.train_limit)
     held_out = {name: read_code_set(d, cfg.eval_limit) for name, d in zip(names, eval_dirs)}
+    if cfg.shuffle_images:
+        train = _shuffled(train, cfg.seed)
+        held_out = {name: _shuffled(codes, cfg.seed + 1 + i) for i, (name, codes) in enumerate(held_out.items())}
     scores, losses, texts = TASKS[task](train, held_out, cfg, _features(train, cfg))
     params = {"task": task, "train_codes": str(Path(train_dir).resolve()), "train_samples": len(train),
               **{k: v for k, v in vars(cfg).items()}}

@@ -22,9 +22,11 @@ COLUMNS = {
 
 
 def _label(result: dict) -> str:
-    features = result["settings"].get("features", "vectors")
+    settings = result["settings"]
     recipe = result["tokenizer"].get("recipe") or result["tokenizer"]["digest"][:12]
-    return recipe if features == "vectors" else f"{recipe} ({features})"
+    notes = ([settings["features"]] if settings.get("features", "vectors") != "vectors" else []) + \
+        (["images shuffled"] if settings.get("shuffle_images") else [])
+    return f"{recipe} ({', '.join(notes)})" if notes else recipe
 
 
 def summarise_downstream(results: list[dict]) -> dict[str, list[dict]]:

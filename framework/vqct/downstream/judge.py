@@ -1,0 +1,34 @@
+"""`vqct downstream judge SHARDS --parser FILE`: the scene judge (eval/scene_judge.py) over a
+set of scenes, generated (`vqct generate --conditions CODES --out-shards DIR` keeps each
+sample's condition truth) or real (the judge's own accuracy), with FID in the parser's
+feature space against `--real` held-out scenes."""
+
+from __future__ import annotations
+
+from itertools import islice
+
+from vqct.data.scenes.truth import read_scenes
+from vqct.data.shards import resolve_shards
+from vqct.errors import UserError
+from vqct.eval.objects import load_parser
+from vqct.eval.scene_judge import AskedScene, asked_scenes, judge_scenes
+
+
+def _rotated(scenes: list[AskedScene]) -> list[AskedScene]:
+    """The control: each picture judged against the next scene's ask (its map and objects)."""
+    return [AskedScene(s.key, s.picture, n.classes, n.objects) for s, n in zip(scenes, scenes[1:] + scenes[:1])]
+
+
+def judge(shards: list[str], parser_path: str, real: list[str] | None = None, limit: int | None = None,
+          mismatched: bool = False) -> dict:
+    parser, record = load_parser(parser_path, "cpu")
+    size = int(record.get("image_size", 64))
+    scenes = list(islice(asked_scenes(resolve_shards(shards, "SHARDS"), size), limit))
+    if not scenes:
+        raise UserError(f"{' '.join(shards)}: no sample carries jpg, json and seg.png (scenes ground truth); "
+                        "judge scenes shards or `vqct generate --out-shards` output")
+    real_pictures = read_scenes(resolve_shards(real, "--real"), size, limit)[0] if real else None
+    scores = judge_scenes(parser, _rotated(scenes) if mismatched else scenes, parser.num_classes, real_pictures)
+    return {"shards": shards, "parser": parser_path, "mismatched": mismatched,
+            "real": real, "judge": scores,
+            "fid_note": "fid_parser: Frechet distance in the scene parser's feature space, not Inception FID"}

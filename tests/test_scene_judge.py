@@ -1,0 +1,50 @@
+"""The scene judge's logic, with an oracle parser that reads each picture's true class map: a
+real scene judged against its own caption finds its objects, the same scene judged against
+another's finds few, a recoloured object is lost by colour and kept by shape, and a perfect
+parse has mIoU 1."""
+
+import numpy as np
+import pytest
+import torch
+
+from vqct.data.scenes.write import ScenesSettings, write_scenes
+from vqct.downstream.judge import _rotated
+from vqct.eval.scene_judge import asked_scenes, judge_scenes, objects_found
+
+
+class OracleParser(torch.nn.Module):
+    """Logits that put each pixel in the class of the map it was given for that picture."""
+
+    def __init__(self, maps: dict[bytes, np.ndarray], num_classes: int = 11):
+        super().__init__()
+        self.maps, self.num_classes = maps, num_classes
+
+    def forward(self, images):
+        pictures = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        classes = torch.stack([torch.from_numpy(self.maps[p.tobytes()].astype(np.int64)) for p in pictures])
+        return torch.nn.functional.one_hot(classes, self.num_classes).permute(0, 3, 1, 2).float()
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("judge")
+    write_scenes(out, ScenesSettings(train=1, val=0, test=60, test_compositional=0, samples_per_shard=60), workers=1)
+    return list(asked_scenes([str(out / "test" / "scenes-000000.tar")], 64))
+
+
+def test_real_scenes_are_found_and_mismatched_ones_are_not(scenes):
+    parser = OracleParser({s.picture.tobytes(): s.classes for s in scenes})
+    own = judge_scenes(parser, iter(scenes), 11)
+    other = judge_scenes(parser, iter(_rotated(scenes)), 11)
+    assert own["scenes"] == 60 and own["miou"] == pytest.approx(1.0)
+    assert own["shapes_found"] >= 0.95 and own["objects_found"] >= 0.9, own
+    assert other["objects_found"] <= 0.2 and other["miou"] <= 0.5, other
+
+
+def test_a_recoloured_object_is_lost_by_colour_and_kept_by_shape(scenes):
+    scene = next(s for s in scenes if len(s.objects) == 1)
+    shape, colour = scene.objects[0]
+    assert objects_found(scene.picture, scene.classes, scene.objects) == (1, 1)
+    other_colour = (colour + 5) % 10
+    assert objects_found(scene.picture, scene.classes, [(shape, other_colour)]) == (0, 1)
+    assert objects_found(scene.picture, scene.classes, [((shape + 1) % 10, colour)]) == (0, 0)
