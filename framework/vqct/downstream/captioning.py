@@ -57,11 +57,14 @@ def write_captions(trained: TrainedCaptioner, codes: torch.Tensor, batch_size: i
     return out
 
 
-def captioning_scores(trained: TrainedCaptioner, held_out: CodeSet, meteor: bool) -> tuple[dict, list[str]]:
-    """(scores, the generated captions) on HELD_OUT's images that have reference captions."""
+def captioning_scores(trained: TrainedCaptioner, held_out: CodeSet, meteor: bool) -> tuple[dict, list[dict]]:
+    """(scores, one {key, generated, references} per image) on HELD_OUT's images that have
+    reference captions."""
     keep = [i for i, lines in enumerate(held_out.captions) if lines]
     if not keep:
         raise UserError(f"{held_out.directory}: its samples carry no reference captions (txt)")
     generated = write_captions(trained, held_out.codes[keep])
-    scores = caption_scores(generated, [held_out.captions[i] for i in keep], meteor)
-    return {**scores, "images": len(keep)}, generated
+    references = [held_out.captions[i] for i in keep]
+    scores = caption_scores(generated, references, meteor)
+    written = [{"key": held_out.keys[i], "generated": g, "references": r} for i, g, r in zip(keep, generated, references)]
+    return {**scores, "images": len(keep)}, written

@@ -19,10 +19,10 @@ def cosine_lr(step: int, steps: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def fit(model: torch.nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor], sizes: int, steps: int,
+def fit(model: torch.nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor], count: int, steps: int,
         batch_size: int, lr: float, seed: int, desc: str, weight_decay: float = 0.01) -> list[float]:
     """Train MODEL for STEPS steps; LOSS_OF(indices) is a batch's loss given the indices of its
-    samples among SIZES. Returns the loss of every step."""
+    samples among COUNT. Returns the loss of every step."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, steps, max(1, steps // 20)))
@@ -31,7 +31,7 @@ def fit(model: torch.nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor],
     model.train()
     with tqdm(range(steps), desc=desc, unit="step", mininterval=2.0) as bar:
         for _ in bar:
-            loss = loss_of(torch.randint(sizes, (batch_size,), generator=draw))
+            loss = loss_of(torch.randint(count, (batch_size,), generator=draw))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

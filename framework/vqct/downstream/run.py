@@ -51,12 +51,9 @@ def _caption(train: CodeSet, held_out: dict[str, CodeSet], cfg: CaptionSettings,
     trained = train_captioner(train, features, cfg)
     scores, texts = {}, {}
     for name, codes in held_out.items():
-        found, generated = captioning_scores(trained, codes, cfg.meteor)
+        found, written = captioning_scores(trained, codes, cfg.meteor)
         scores.update({f"{name}/{k}": v for k, v in found.items()})
-        keep = [i for i, lines in enumerate(codes.captions) if lines]
-        texts[f"captions/{name}.jsonl"] = "".join(
-            json.dumps({"key": codes.keys[i], "generated": g, "references": codes.captions[i]}) + "\n"
-            for i, g in zip(keep, generated))
+        texts[f"captions/{name}.jsonl"] = "".join(json.dumps(row) + "\n" for row in written)
     return scores, trained.losses, texts
 
 
@@ -81,7 +78,7 @@ def run_downstream(task: str, train_dir: str, eval_dirs: list[str], cfg: Downstr
         held_out = {name: _shuffled(codes, cfg.seed + 1 + i) for i, (name, codes) in enumerate(held_out.items())}
     scores, losses, texts = TASKS[task](train, held_out, cfg, _features(train, cfg))
     params = {"task": task, "train_codes": str(Path(train_dir).resolve()), "train_samples": len(train),
-              **{k: v for k, v in vars(cfg).items()}}
+              **vars(cfg)}
     result = {"task": task, "tokenizer": identity, "settings": vars(cfg), "scores": scores,
               "final_loss": sum(losses[-50:]) / len(losses[-50:]), "seconds": round(time.time() - started, 1),
               "train_samples": len(train), "skipped": {"train": train.skipped,
