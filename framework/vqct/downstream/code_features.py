@@ -18,7 +18,7 @@ from vqct.config.downstream import FEATURES
 class CodeFeatures(nn.Module):
     """codes (B, h, w, columns) -> features (B, h * w, dim)."""
 
-    def __init__(self, quantizer: nn.Module, kind: str, code_counts: list[int]):
+    def __init__(self, quantizer: nn.Module | None, kind: str, code_counts: list[int]):
         super().__init__()
         if kind not in FEATURES:
             raise ValueError(f"features {kind!r}: one of {FEATURES}")

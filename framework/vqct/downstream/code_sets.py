@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vqct.data.scenes.truth import raw_samples
 from vqct.errors import UserError
 from vqct.records.code_manifest import CODES_EXT, TOKENIZER_DIR, read_code_manifest
 
@@ -38,12 +39,6 @@ class CodeSet:
         return self.directory / TOKENIZER_DIR
 
 
-def _raw_samples(urls: list[str]):
-    import webdataset as wds
-
-    yield from wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())
-
-
 def _questions(sample: dict) -> list[dict]:
     if "json" not in sample:
         return []
@@ -61,7 +56,7 @@ def read_code_set(directory: str | Path, limit: int | None = None) -> CodeSet:
     layout = manifest["tokenizer"]["layout"]
     shape = (layout["height"], layout["width"], sum(group[2] for group in layout["groups"]))
     codes, captions, questions, keys, skipped = [], [], [], [], {}
-    for sample in _raw_samples([str(directory / shard["name"]) for shard in manifest["shards"]]):
+    for sample in raw_samples([str(directory / shard["name"]) for shard in manifest["shards"]]):
         grid = np.load(io.BytesIO(sample[CODES_EXT]), allow_pickle=False) if CODES_EXT in sample else None
         if grid is None or grid.shape != shape:
             skipped["bad_codes"] = skipped.get("bad_codes", 0) + 1

@@ -25,7 +25,7 @@ def judge(shards: list[str], parser_path: str, real: list[str] | None = None, li
     size = int(record.get("image_size", 64))
     scenes = list(islice(asked_scenes(resolve_shards(shards, "SHARDS"), size), limit))
     if not scenes:
-        raise UserError(f"{' '.join(shards)}: no sample carries jpg, json and seg.png (scenes ground truth); "
+        raise UserError(f"{' '.join(shards)}: no sample carries jpg with the scenes ground truth (json, seg.png, inst.png); "
                         "judge scenes shards or `vqct generate --out-shards` output")
     real_pictures = read_scenes(resolve_shards(real, "--real"), size, limit)[0] if real else None
     scores = judge_scenes(parser, _rotated(scenes) if mismatched else scenes, parser.num_classes, real_pictures)

@@ -26,8 +26,9 @@ from vqct.tracking.downstream_run import log_downstream_run
 
 
 def _features(train: CodeSet, cfg: DownstreamConfig) -> CodeFeatures:
-    tokenizer, _ = from_pretrained(train.tokenizer_dir)
-    return CodeFeatures(tokenizer.quantizer, cfg.features, column_code_counts(train.tokenizer["layout"]))
+    # only the code vectors need the tokenizer; a learned table needs the codebook sizes alone
+    quantizer = from_pretrained(train.tokenizer_dir)[0].quantizer if cfg.features == "vectors" else None
+    return CodeFeatures(quantizer, cfg.features, column_code_counts(train.tokenizer["layout"]))
 
 
 def _shuffled(codes: CodeSet, seed: int) -> CodeSet:

@@ -16,7 +16,6 @@ the ceiling a generator's figures are read against (docs/downstream.md).
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -25,7 +24,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from vqct.data.scenes.world import COLOURS, SHAPES
+from vqct.data.scenes.truth import raw_samples, truth_of
 from vqct.eval.objects import colour_of, interior
 from vqct.models.scene_parser import SceneParser
 
@@ -43,21 +42,15 @@ class AskedScene:
 def asked_scenes(urls: list[str], size: int) -> Iterator[AskedScene]:
     """Each sample of URLS (scenes shards, or sample shards of `vqct generate --out-shards`,
     which keep their condition's truth) with its picture at SIZE."""
-    import webdataset as wds
-
-    colours = list(COLOURS)
-    for sample in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()):
-        if not all(k in sample for k in ("jpg", "json", "seg.png")):
+    for sample in raw_samples(urls):
+        truth = truth_of(sample, size)
+        if truth is None or "jpg" not in sample:
             continue
         picture = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
-        classes = Image.open(io.BytesIO(sample["seg.png"]))
         if picture.size != (size, size):
             picture = picture.resize((size, size), Image.BICUBIC)
-        if classes.size != (size, size):
-            classes = classes.resize((size, size), Image.NEAREST)
-        objects = json.loads(sample["json"])["scene"]["objects"]
-        yield AskedScene(sample["__key__"], np.asarray(picture, np.uint8), np.asarray(classes, np.uint8),
-                         [(SHAPES.index(o["shape"]), colours.index(o["colour"])) for o in objects])
+        yield AskedScene(sample["__key__"], np.asarray(picture, np.uint8), truth.classes,
+                         list(zip(truth.shapes, truth.colours)))
 
 
 def regions(parsed: np.ndarray) -> list[tuple[int, np.ndarray]]:
