@@ -57,7 +57,8 @@ endif
 CAPACITY_CODES ?= 1024 64
 # make downstream: each tokenizer of make compare DATA=scenes (recipe x seed) -> code sets of the
 # scenes' train, test and test_compositional -> vqct downstream vqa and caption at the same seed
-# and settings -> one table (docs/downstream.md). Finished runs are kept: rerun to resume.
+# and settings, and the ceiling row: the same models on ground-truth codes (vqct downstream truth)
+# -> one table (docs/downstream.md). Finished runs are kept: rerun to resume.
 DOWNSTREAM_RECIPES ?= vqgan_scenes vqct_scenes lgvq_scenes vqct_lgvq_scenes vqct_vlt_scenes
 DOWNSTREAM_TASKS ?= vqa caption
 DOWNSTREAM_SETTINGS ?=
@@ -139,7 +140,14 @@ downstream: $(STAMP) $(SCENES_DATA)/manifest.json
 	      seed=$$s $(DOWNSTREAM_SETTINGS) | tee $$out.tmp && mv $$out.tmp $$out; } || exit 1; \
 	  done; \
 	done; done
-	$(VENV)/bin/vqct downstream table $(foreach r,$(DOWNSTREAM_RECIPES),$(foreach s,$(SEEDS),$(foreach t,$(DOWNSTREAM_TASKS),$(DOWNSTREAM_OUT)/$(r)-seed$(s)-$(t).json)))
+	for split in train test test_compositional; do test -s $(DOWNSTREAM_CODES)/truth/$$split/manifest.json || \
+	  $(VENV)/bin/vqct downstream truth $(SCENES_DATA)/$$split --out $(DOWNSTREAM_CODES)/truth/$$split >/dev/null || exit 1; done
+	set -o pipefail; for s in $(SEEDS); do for t in $(DOWNSTREAM_TASKS); do \
+	  out=$(DOWNSTREAM_OUT)/truth-seed$$s-$$t.json; codes=$(DOWNSTREAM_CODES)/truth; test -s $$out || { \
+	  $(VENV)/bin/vqct downstream $$t $$codes/train --eval $$codes/test --eval $$codes/test_compositional \
+	    seed=$$s features=indices $(DOWNSTREAM_SETTINGS) | tee $$out.tmp && mv $$out.tmp $$out; } || exit 1; \
+	done; done
+	$(VENV)/bin/vqct downstream table $(foreach r,$(DOWNSTREAM_RECIPES) truth,$(foreach s,$(SEEDS),$(foreach t,$(DOWNSTREAM_TASKS),$(DOWNSTREAM_OUT)/$(r)-seed$(s)-$(t).json)))
 
 # The SLURM tests start a one-node cluster from Debian's slurm-wlm (daemons on 127.0.0.1).
 cluster-tools:

@@ -80,6 +80,12 @@ def _cmd_downstream_table(args: argparse.Namespace) -> dict:
     return downstream_table(args.results)
 
 
+def _cmd_downstream_truth(args: argparse.Namespace) -> dict:
+    from vqct.downstream.truth_codes import write_truth_codes
+
+    return write_truth_codes(args.shards, args.out, args.grid)
+
+
 def _cmd_downstream_judge(args: argparse.Namespace) -> dict:
     from vqct.downstream.judge import judge
 
@@ -432,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--mismatched", action="store_true", help="the control: judge each picture against "
                        "the next scene's caption and map")
     judge.set_defaults(func=_cmd_downstream_judge)
+    truth = downstream_sub.add_parser("truth", help="the ceiling row: a code set of the scenes' ground truth "
+                                      "(shape, colour, pattern, size per grid cell), read with features=indices")
+    truth.add_argument("shards", nargs="+", help="scenes shards (vqct data scenes)")
+    truth.add_argument("--out", required=True, help="directory for the code set")
+    truth.add_argument("--grid", type=int, default=16, help="cells per side (the scenes tokenizers' 16)")
+    truth.set_defaults(func=_cmd_downstream_truth)
     table = downstream_sub.add_parser("table", help="mean and spread per tokenizer over seeds, from the JSON "
                                       "lines vqct downstream printed")
     table.add_argument("results", nargs="+", help="files holding a vqct downstream command's output")

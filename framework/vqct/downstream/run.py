@@ -18,6 +18,7 @@ from vqct.config.schema import tracking_uri
 from vqct.downstream.captioning import captioning_scores, train_captioner
 from vqct.downstream.code_features import CodeFeatures, column_code_counts
 from vqct.downstream.code_sets import CodeSet, read_code_set
+from vqct.downstream.truth_codes import TRUTH
 from vqct.downstream.vqa import train_vqa, vqa_accuracy
 from vqct.errors import UserError
 from vqct.records.code_manifest import same_tokenizer
@@ -26,6 +27,8 @@ from vqct.tracking.downstream_run import log_downstream_run
 
 
 def _features(train: CodeSet, cfg: DownstreamConfig) -> CodeFeatures:
+    if cfg.features == "vectors" and train.tokenizer["target"] == TRUTH:
+        raise UserError(f"{train.directory}: ground-truth codes have no code vectors; give features=indices")
     # only the code vectors need the tokenizer; a learned table needs the codebook sizes alone
     quantizer = from_pretrained(train.tokenizer_dir)[0].quantizer if cfg.features == "vectors" else None
     return CodeFeatures(quantizer, cfg.features, column_code_counts(train.tokenizer["layout"]))
