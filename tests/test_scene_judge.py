@@ -48,3 +48,22 @@ def test_a_recoloured_object_is_lost_by_colour_and_kept_by_shape(scenes):
     other_colour = (colour + 5) % 10
     assert objects_found(scene.picture, scene.classes, [(shape, other_colour)]) == (0, 1)
     assert objects_found(scene.picture, scene.classes, [((shape + 1) % 10, colour)]) == (0, 0)
+
+
+def test_completion_is_scored_on_the_generated_half_against_the_same_key(scenes):
+    from vqct.eval.completion import completion_scores, psnr
+    from vqct.eval.scene_judge import AskedScene
+
+    real = {s.key: s.picture for s in scenes[:10]}
+    blanked = []
+    for s in scenes[:10]:
+        picture = s.picture.copy()
+        picture[32:] = 0  # a generator that wrote black below the given half
+        blanked.append(AskedScene(s.key, picture, s.classes, s.objects))
+    stranger = AskedScene("not-a-real-key", scenes[0].picture, scenes[0].classes, scenes[0].objects)
+    found = completion_scores(blanked + [stranger], real)
+    assert found["completion_scored"] == 10 and found["completion_unmatched"] == 1
+    assert found["completion_psnr_given_half"] == 100.0  # the given half is the real one
+    expected = np.mean([psnr(np.zeros_like(s.picture[32:]), s.picture[32:]) for s in scenes[:10]])
+    assert found["completion_psnr_generated_half"] == pytest.approx(expected)
+    assert found["completion_psnr_generated_half"] < 15

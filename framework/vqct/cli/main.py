@@ -89,7 +89,7 @@ def _cmd_downstream_truth(args: argparse.Namespace) -> dict:
 def _cmd_downstream_judge(args: argparse.Namespace) -> dict:
     from vqct.downstream.judge import judge
 
-    return judge(args.shards, args.parser, args.real, args.limit, args.mismatched)
+    return judge(args.shards, args.parser, args.real, args.limit, args.mismatched, args.completion_of)
 
 
 def _cmd_generate(args: argparse.Namespace) -> dict:
@@ -437,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--limit", type=int, help="judge only the first N scenes (and N real ones)")
     judge.add_argument("--mismatched", action="store_true", help="the control: judge each picture against "
                        "the next scene's caption and map")
+    judge.add_argument("--completion-of", nargs="+", metavar="SCENES", help="image completion: PSNR of each "
+                       "picture's bottom (generated) and top (given) half against the real scene of the same key")
     judge.set_defaults(func=_cmd_downstream_judge)
     truth = downstream_sub.add_parser("truth", help="the ceiling row: a code set of the scenes' ground truth "
                                       "(shape, colour, pattern, size per grid cell), read with features=indices")

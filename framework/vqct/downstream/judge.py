@@ -10,6 +10,7 @@ from itertools import islice
 from vqct.data.scenes.truth import read_scenes
 from vqct.data.shards import resolve_shards
 from vqct.errors import UserError
+from vqct.eval.completion import completion_scores
 from vqct.eval.objects import load_parser
 from vqct.eval.scene_judge import AskedScene, asked_scenes, judge_scenes
 
@@ -19,8 +20,13 @@ def _rotated(scenes: list[AskedScene]) -> list[AskedScene]:
     return [AskedScene(s.key, s.picture, n.classes, n.objects) for s, n in zip(scenes, scenes[1:] + scenes[:1])]
 
 
+def _completion(scenes: list[AskedScene], of: list[str], size: int) -> dict:
+    real = {s.key: s.picture for s in asked_scenes(resolve_shards(of, "--completion-of"), size)}
+    return completion_scores(scenes, real)
+
+
 def judge(shards: list[str], parser_path: str, real: list[str] | None = None, limit: int | None = None,
-          mismatched: bool = False) -> dict:
+          mismatched: bool = False, completion_of: list[str] | None = None) -> dict:
     parser, record = load_parser(parser_path, "cpu")
     size = int(record.get("image_size", 64))
     scenes = list(islice(asked_scenes(resolve_shards(shards, "SHARDS"), size), limit))
@@ -29,6 +35,8 @@ def judge(shards: list[str], parser_path: str, real: list[str] | None = None, li
                         "judge scenes shards or `vqct generate --out-shards` output")
     real_pictures = read_scenes(resolve_shards(real, "--real"), size, limit)[0] if real else None
     scores = judge_scenes(parser, _rotated(scenes) if mismatched else scenes, parser.num_classes, real_pictures)
+    if completion_of:
+        scores.update(_completion(scenes, completion_of, size))
     return {"shards": shards, "parser": parser_path, "mismatched": mismatched,
             "real": real, "judge": scores,
             "fid_note": "fid_parser: Frechet distance in the scene parser's feature space, not Inception FID"}
