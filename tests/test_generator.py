@@ -119,3 +119,25 @@ def test_wrong_shapes_are_refused():
         model(torch.zeros(1, 5, 1, dtype=torch.long), _seg(VQGAN, 1))
     with pytest.raises(ValueError, match="cfg_scale"):
         sample_codes(_model(VQGAN, "none"), None, 1, SamplingConfig(cfg_scale=2.0))
+
+
+@pytest.mark.parametrize("condition", ["caption", "segmentation"])
+def test_null_condition_samples_ignore_the_condition_given(condition):
+    model = _model(VQGAN, condition)
+    with torch.no_grad():  # at init (std 0.02) a condition has little say in the logits: give it more
+        for p in model.condition.parameters():
+            p.mul_(1000)
+    if condition == "caption":
+        conds = [{"features": torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(s)),
+                  "mask": torch.ones(3, 5, dtype=torch.long)} for s in (1, 2)]
+    else:
+        conds = [_seg(VQGAN, 3, seed=s) for s in (1, 2)]
+    # argmax: an untrained model's logits are near uniform, and a draw would hide their differences
+    null = [sample_codes(model, c, 3, SamplingConfig(temperature=0, null_condition=True)) for c in conds]
+    assert torch.equal(null[0], null[1])  # what was asked for is not read
+    asked = [sample_codes(model, c, 3, SamplingConfig(temperature=0)) for c in conds]
+    assert not torch.equal(asked[0], asked[1])  # while the conditional samples read it
+    with pytest.raises(ValueError, match="guidance"):
+        sample_codes(model, conds[0], 3, SamplingConfig(null_condition=True, cfg_scale=2.0))
+    with pytest.raises(ValueError, match="conditional generator"):
+        sample_codes(_model(VQGAN, "none"), None, 3, SamplingConfig(null_condition=True))

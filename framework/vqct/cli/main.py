@@ -96,7 +96,8 @@ def _cmd_generate(args: argparse.Namespace) -> dict:
     from vqct.stage2.generate import generate
     from vqct.stage2.sampling import SamplingConfig
 
-    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.cfg_scale, not args.no_cache)
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.cfg_scale, not args.no_cache,
+                              args.null_condition)
     if args.target.startswith("models:/"):  # a registered generator: its directory, fetched once
         from vqct.tracking.registry import fetch_generator
 
@@ -482,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (default: off)")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--no-cache", action="store_true", help="recompute the prefix every step (slower)")
+    generate.add_argument("--null-condition", action="store_true", help="unconditional samples from a "
+                          "conditional generator: its trained null condition in place of every caption or map")
     generate.add_argument("--conditions", help="held-out code shards (vqct data tokenize): one sample per sample, "
                           "spread over Ray tasks, written as image shards to --out-shards")
     generate.add_argument("--out-shards", help="directory for samples-NNNNNN.tar and manifest.json (resumable)")

@@ -29,9 +29,15 @@ from vqct.stage2.sampling import SamplingConfig, sample_codes
 MIN_TILE = 128  # grid tiles are upscaled (nearest) to at least this many pixels, as eval grids are
 
 
-def _condition(gen: TrainedGenerator, n: int, captions: list[str] | None, segmentation: np.ndarray | None):
-    """The condition of N samples: one caption each (or one for all), or one class map for all."""
+def _condition(gen: TrainedGenerator, n: int, captions: list[str] | None, segmentation: np.ndarray | None,
+               null: bool = False):
+    """The condition of N samples: one caption each (or one for all), or one class map for all.
+    NULL: the sampler puts the null condition in its place, so a missing one is a placeholder."""
     cond = gen.config.condition
+    if null and not captions and segmentation is None:
+        captions = [""] if isinstance(cond, CaptionConditionConfig) else None
+        if isinstance(cond, SegmentationConditionConfig):
+            segmentation = np.zeros((gen.model.layout.height, gen.model.layout.width), np.uint8)
     if isinstance(cond, CaptionConditionConfig):
         if not captions:
             raise UserError("this generator is caption-conditioned: give --caption \"...\"")
@@ -59,8 +65,11 @@ def sample_images(gen: TrainedGenerator, tokenizer, n: int, captions: list[str] 
     sampling = sampling or SamplingConfig()
     if sampling.cfg_scale is not None and not gen.model.guided:
         raise UserError("--cfg-scale needs a caption- or segmentation-conditioned generator")
+    if sampling.null_condition and not gen.model.guided:
+        raise UserError("--null-condition needs a caption- or segmentation-conditioned generator; this one is "
+                        "unconditional already: drop the flag")
     layout = gen.model.layout
-    cond = _condition(gen, n, captions, segmentation)
+    cond = _condition(gen, n, captions, segmentation, sampling.null_condition)
     codes = sample_codes(gen.model, cond, n, sampling, prefix=prefix, generator=torch.Generator().manual_seed(seed))
     indices = codes.reshape(n, layout.height, layout.width, -1)
     images = tokenizer.detokenize(indices[..., 0] if indices.shape[-1] == 1 else indices)

@@ -24,10 +24,16 @@ class SamplingConfig:
     top_p: float = 1.0  # 1.0: no nucleus filter
     cfg_scale: float | None = None  # None: no guidance; a number (1.0 included) runs the doubled batch
     use_cache: bool = True
+    # Unconditional samples from a conditional generator: every sample gets the null condition
+    # its condition dropout trained (what guidance mixes in), whatever condition is passed.
+    null_condition: bool = False
 
     def check(self) -> None:
         if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"sampling: temperature >= 0, top_k >= 0 and 0 < top_p <= 1 (got {self})")
+        if self.null_condition and self.cfg_scale is not None:
+            raise ValueError("sampling: the null condition samples unconditionally; guidance (cfg_scale) "
+                             "has nothing to mix with it")
 
 
 def _filter(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
@@ -62,8 +68,9 @@ def sample_codes(model: CodeGenerator, cond, batch: int, cfg: SamplingConfig | N
     """-> codes (batch, L, columns). prefix (batch, P, columns): the first P codes are given."""
     cfg = cfg or SamplingConfig()
     cfg.check()
-    if cfg.cfg_scale is not None and not model.guided:
-        raise ValueError("cfg_scale needs a conditional generator (condition caption or segmentation)")
+    if (cfg.cfg_scale is not None or cfg.null_condition) and not model.guided:
+        raise ValueError("cfg_scale and the null condition need a conditional generator (condition caption "
+                         "or segmentation)")
     was_training = model.training
     model.eval()
     try:
@@ -75,7 +82,8 @@ def sample_codes(model: CodeGenerator, cond, batch: int, cfg: SamplingConfig | N
 def _sample(model, cond, batch, cfg, prefix, generator) -> torch.Tensor:
     layout = model.layout
     guided = cfg.cfg_scale is not None
-    cond_tokens = model.condition_tokens(cond, batch)
+    dropped = torch.ones(batch, dtype=torch.bool, device=model.pos.device) if cfg.null_condition else None
+    cond_tokens = model.condition_tokens(cond, batch, drop=dropped)
     if guided:
         null = model.condition_tokens(cond, batch, drop=torch.ones(batch, dtype=torch.bool, device=cond_tokens.device))
         cond_tokens = torch.cat([cond_tokens, null])
