@@ -86,6 +86,10 @@ def test_generator_trains_on_code_shards_logs_samples_and_resumes(tmp_path, shap
     assert proc.returncode == 0 and done["prefix_rows"] == 4, proc.stderr[-3000:]
     proc, _ = _vqct(["generate", run_dir, "-n", "2", "--out", "x.png"], tmp_path)
     assert proc.returncode == 2 and "give --caption" in proc.stderr
+    proc, uncond = _vqct(["generate", run_dir, "--null-condition", "-n", "2", "--out", "uncond.png"], tmp_path)
+    assert proc.returncode == 0 and uncond["samples"] == 2, proc.stderr[-3000:]
+    proc, _ = _vqct(["generate", run_dir, "--null-condition", "--cfg-scale", "2", "-n", "2", "--out", "x.png"], tmp_path)
+    assert proc.returncode == 2 and "guidance" in proc.stderr
 
     # one completion per held-out condition, spread over Ray tasks, as image shards; then a resume
     proc, sampled = _vqct(["generate", run_dir, "--conditions", "codes", "--out-shards", "samples", "--complete",

@@ -55,6 +55,8 @@ def sample_to_shards(target: str, conditions: str, out: str, sampling, seed: int
                         "not the one this generator was trained on: tokenize the held-out split with that tokenizer")
     settings = {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
                 "cfg_scale": sampling.cfg_scale, "use_cache": sampling.use_cache}
+    if sampling.null_condition:  # only when set, so that the plans of earlier runs stay the same
+        settings["null_condition"] = True
     plan = hashlib.sha256(json.dumps({"format": FORMAT, "generator": sha256_file(generator_dir / WEIGHTS_FILE),
                                       "sampling": settings, "seed": seed, "complete": complete,
                                       "sources": urls}).encode()).hexdigest()
