@@ -80,6 +80,15 @@ def _cmd_downstream_table(args: argparse.Namespace) -> dict:
     return downstream_table(args.results)
 
 
+def _cmd_downstream_generation(args: argparse.Namespace) -> dict:
+    from vqct.downstream.generation_tasks import run_generation_task
+    from vqct.stage2.sampling import SamplingConfig
+
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.cfg_scale)
+    return run_generation_task(args.task, args.target, args.eval, args.parser, args.real, args.out, sampling,
+                               args.seed, args.scenes, args.limit, args.tracking_uri)
+
+
 def _cmd_downstream_truth(args: argparse.Namespace) -> dict:
     from vqct.downstream.truth_codes import write_truth_codes
 
@@ -441,6 +450,26 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--completion-of", nargs="+", metavar="SCENES", help="image completion: PSNR of each "
                        "picture's bottom (generated) and top (given) half against the real scene of the same key")
     judge.set_defaults(func=_cmd_downstream_judge)
+    for task, what in [("t2i", "text-to-image: objects found by shape and colour against each caption"),
+                       ("semantic", "semantic image synthesis: mIoU against each class map"),
+                       ("completion", "image completion from the top half: PSNR of the generated half"),
+                       ("unconditional", "unconditional samples (the null condition)")]:
+        one = downstream_sub.add_parser(task, help=f"{what}, and fid_parser; one sample per held-out condition "
+                                        "from a generator, judged by the scene parser")
+        one.add_argument("target", help="a trained generator (run directory, run name, checkpoint or directory)")
+        one.add_argument("--eval", required=True, help="held-out code set of the generator's tokenizer")
+        one.add_argument("--parser", required=True, help="the scene parser file (vqct parser)")
+        one.add_argument("--real", nargs="+", required=True, help="held-out real scenes for fid_parser")
+        one.add_argument("--out", required=True, help="directory for the sample shards (resumable)")
+        one.add_argument("--scenes", nargs="+", help="completion: the real scenes the --eval codes were made from")
+        one.add_argument("--limit", type=int, help="judge only the first N samples")
+        one.add_argument("--temperature", type=float, default=1.0)
+        one.add_argument("--top-k", type=int, default=0)
+        one.add_argument("--top-p", type=float, default=1.0)
+        one.add_argument("--cfg-scale", type=float, help="classifier-free guidance (not used by unconditional)")
+        one.add_argument("--seed", type=int, default=0)
+        one.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
+        one.set_defaults(func=_cmd_downstream_generation)
     truth = downstream_sub.add_parser("truth", help="the ceiling row: a code set of the scenes' ground truth "
                                       "(shape, colour, pattern, size per grid cell), read with features=indices")
     truth.add_argument("shards", nargs="+", help="scenes shards (vqct data scenes)")

@@ -18,6 +18,13 @@ COLUMNS = {
     "caption": [("test/bleu4", "BLEU-4", "{:.3f}"), ("test/rouge_l", "ROUGE-L", "{:.3f}"),
                 ("test/cider_d", "CIDEr-D", "{:.3f}"), ("test/meteor", "METEOR", "{:.3f}"),
                 ("test_compositional/cider_d", "CIDEr-D (compositional)", "{:.3f}")],
+    "t2i": [("test/objects_found", "objects found", "{:.3f}"), ("test/shapes_found", "shapes found", "{:.3f}"),
+            ("test/fid_parser", "fid_parser", "{:.4f}")],
+    "semantic": [("test/miou", "mIoU", "{:.3f}"), ("test/fid_parser", "fid_parser", "{:.4f}")],
+    "completion": [("test/completion_psnr_generated_half", "PSNR generated half (dB)", "{:.2f}"),
+                   ("test/completion_psnr_given_half", "PSNR given half (dB)", "{:.2f}"),
+                   ("test/fid_parser", "fid_parser", "{:.4f}")],
+    "unconditional": [("test/fid_parser", "fid_parser", "{:.4f}")],
 }
 
 
@@ -67,7 +74,7 @@ def downstream_table(paths: list[str]) -> dict:
     results = [read_last_json(p) for p in paths]
     if any("task" not in r or "scores" not in r for r in results):
         bad = next(p for p, r in zip(paths, results) if "task" not in r or "scores" not in r)
-        raise UserError(f"{bad}: its last line is not the result of `vqct downstream vqa|caption`")
+        raise UserError(f"{bad}: its last line is not the result of a `vqct downstream` task")
     summary = summarise_downstream(results)
     print(markdown(summary), file=sys.stderr)
     return {"downstream": summary}

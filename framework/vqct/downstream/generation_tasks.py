@@ -1,0 +1,93 @@
+"""`vqct downstream t2i|semantic|completion|unconditional GENERATOR --eval CODES --parser FILE`:
+a generator over a tokenizer's codes samples one picture per held-out condition (`vqct generate
+--conditions`, one Ray task per shard, resumable), and the scene judge scores the pictures
+against what each was asked for; the result is logged like the other downstream runs, under the
+tokenizer's run.
+
+| task | the generator's condition | sampled with | scores |
+|---|---|---|---|
+| t2i | caption | the sample's first caption line | objects found (shape and colour), shapes found, fid_parser |
+| semantic | segmentation | the sample's class map | mIoU against the map, fid_parser |
+| completion | caption | its caption and the top half of its real codes | PSNR of the generated and the given half, fid_parser |
+| unconditional | caption or segmentation | the null condition | fid_parser |
+
+fid_parser is the Frechet distance in the scene parser's feature space against `--real` held-out
+scenes, labelled as such: not Inception FID (docs/downstream.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vqct.config.schema import tracking_uri
+from vqct.downstream.judge import judge
+from vqct.errors import UserError
+from vqct.records.code_manifest import read_code_manifest
+from vqct.stage2.sampling import SamplingConfig
+from vqct.tracking.downstream_run import log_downstream_run
+
+
+@dataclass(frozen=True)
+class GenerationTask:
+    conditions: tuple[str, ...]  # the generator conditions the task can use
+    complete: bool = False
+    null_condition: bool = False
+
+
+TASKS = {"t2i": GenerationTask(("caption",)), "semantic": GenerationTask(("segmentation",)),
+         "completion": GenerationTask(("caption",), complete=True),
+         "unconditional": GenerationTask(("caption", "segmentation"), null_condition=True)}
+SCORES = {"t2i": ("objects_found", "shapes_found", "fid_parser"), "semantic": ("miou", "fid_parser"),
+          "completion": ("completion_psnr_generated_half", "completion_psnr_given_half", "fid_parser"),
+          "unconditional": ("fid_parser",)}
+
+
+def _generator_condition(generator_dir: Path) -> str:
+    from vqct.stage2.pretrained import CONFIG_FILE
+
+    return json.loads((generator_dir / CONFIG_FILE).read_text())["config"]["condition"]["name"]
+
+
+def _sample(task: str, target: str, eval_dir: str, out: Path, sampling: SamplingConfig, seed: int) -> dict:
+    from vqct.launch.sample_shards import GENERATOR_DIR, sample_to_shards
+    from vqct.stage2.pretrained import export_generator, is_generator_dir
+
+    spec = TASKS[task]
+    generator_dir = Path(target) if is_generator_dir(Path(target)) else export_generator(target, out / GENERATOR_DIR)
+    condition = _generator_condition(generator_dir)
+    if condition not in spec.conditions:
+        raise UserError(f"downstream {task} needs a generator conditioned on {' or '.join(spec.conditions)}; "
+                        f"{target} is conditioned on {condition} (train one with condition.name=...)")
+    return sample_to_shards(str(generator_dir), eval_dir, str(out), sampling, seed, spec.complete)
+
+
+def run_generation_task(task: str, target: str, eval_dir: str, parser: str, real: list[str], out: str,
+                        sampling: SamplingConfig, seed: int = 0, scenes: list[str] | None = None,
+                        limit: int | None = None, uri: str | None = None) -> dict:
+    """Sample TASK's pictures for EVAL_DIR's conditions into OUT, judge them; the results.
+    SCENES: the real scenes EVAL_DIR was tokenized from (completion's PSNR)."""
+    if task not in TASKS:
+        raise UserError(f"downstream generation task {task!r}: give one of {', '.join(TASKS)}")
+    if task == "completion" and not scenes:
+        raise UserError("downstream completion: give --scenes DIR, the real scenes the --eval codes were made from")
+    identity = read_code_manifest(eval_dir)["tokenizer"]
+    if TASKS[task].null_condition:  # the null condition has no guidance to mix with
+        sampling = SamplingConfig(**{**asdict(sampling), "null_condition": True, "cfg_scale": None})
+    started = time.time()
+    sampled = _sample(task, target, eval_dir, Path(out), sampling, seed)
+    judged = judge([out], parser, real, limit, completion_of=scenes if task == "completion" else None)["judge"]
+    name = Path(eval_dir).resolve().name
+    scores = {f"{name}/{k}": v for k, v in judged.items() if isinstance(v, (int, float))}
+    settings = {"generator": str(target), "seed": seed, **asdict(sampling), "limit": limit}
+    result = {"task": task, "tokenizer": identity, "settings": settings, "scores": scores,
+              "samples": sampled["samples"], "seconds": round(time.time() - started, 1),
+              "fid_note": "fid_parser: Frechet distance in the scene parser's feature space, not Inception FID"}
+    uri = tracking_uri(uri)
+    run_name = f"{task}-{identity.get('recipe')}-{identity['digest'][:8]}-seed{seed}"
+    result["run_id"] = log_downstream_run(uri, task, identity, {"task": task, "eval_codes": eval_dir, **settings},
+                                          scores, [], {"result.json": json.dumps(result, indent=1)}, run_name)
+    result["tracking_uri"] = uri
+    return result
