@@ -61,6 +61,11 @@ CAPACITY_CODES ?= 1024 64
 # -> one table (docs/downstream.md). Finished runs are kept: rerun to resume.
 DOWNSTREAM_RECIPES ?= vqgan_scenes vqct_scenes lgvq_scenes vqct_lgvq_scenes vqct_vlt_scenes
 DOWNSTREAM_TASKS ?= vqa caption
+# the generation tasks: per tokenizer a caption generator (t2i, completion, unconditional) and a
+# segmentation one (semantic), generator_scenes at GENERATOR_ARGS, judged by SCENES_PARSER
+DOWNSTREAM_GENERATION ?= t2i completion unconditional semantic
+GENERATOR_ARGS ?=
+SAMPLE_ARGS ?= --top-k 64 --cfg-scale 2
 DOWNSTREAM_SETTINGS ?=
 DOWNSTREAM_OUT ?= runs/downstream
 DOWNSTREAM_CODES ?= codes/scenes
@@ -126,13 +131,13 @@ capacity: $(STAMP) $(SCENES_DATA)/manifest.json $(SCENES_PARSER)
 	done; done
 	$(VENV)/bin/vqct compare $(foreach s,$(SEEDS),$(foreach k,$(CAPACITY_CODES),runs/capacity/codes$(k)-seed$(s).json))
 
-downstream: $(STAMP) $(SCENES_DATA)/manifest.json
+downstream: $(STAMP) $(SCENES_DATA)/manifest.json $(SCENES_PARSER)
 	@mkdir -p $(DOWNSTREAM_OUT)
 	set -o pipefail; for r in $(DOWNSTREAM_RECIPES); do for s in $(SEEDS); do \
 	  run=runs/compare-scenes/$$r-seed$$s.json; codes=$(DOWNSTREAM_CODES)/$$r-seed$$s; \
 	  test -s $$run || { echo "no $$run: run make compare DATA=scenes first"; exit 2; }; \
 	  checkpoint=$$($(PY) -c 'import sys; from vqct.records.command_output import read_last_json; print(read_last_json(sys.argv[1])["checkpoint"])' $$run) || exit 1; \
-	  for split in train test test_compositional; do \
+	  for split in train val test test_compositional; do \
 	    $(VENV)/bin/vqct data tokenize $$checkpoint $(SCENES_DATA)/$$split --out $$codes/$$split >/dev/null || exit 1; \
 	  done; \
 	  for t in $(DOWNSTREAM_TASKS); do out=$(DOWNSTREAM_OUT)/$$r-seed$$s-$$t.json; test -s $$out || { \
@@ -147,7 +152,24 @@ downstream: $(STAMP) $(SCENES_DATA)/manifest.json
 	  $(VENV)/bin/vqct downstream $$t $$codes/train --eval $$codes/test --eval $$codes/test_compositional \
 	    seed=$$s features=indices $(DOWNSTREAM_SETTINGS) | tee $$out.tmp && mv $$out.tmp $$out; } || exit 1; \
 	done; done
-	$(VENV)/bin/vqct downstream table $(foreach r,$(DOWNSTREAM_RECIPES) truth,$(foreach s,$(SEEDS),$(foreach t,$(DOWNSTREAM_TASKS),$(DOWNSTREAM_OUT)/$(r)-seed$(s)-$(t).json)))
+	set -o pipefail; for r in $(DOWNSTREAM_RECIPES); do for s in $(SEEDS); do codes=$(DOWNSTREAM_CODES)/$$r-seed$$s; \
+	  for cond in caption segmentation; do gen=$(DOWNSTREAM_OUT)/$$r-seed$$s-generator-$$cond.json; \
+	    extra="$$(test $$cond = segmentation && echo condition.name=segmentation '~condition.tokens') \
+	      $$(test -d runs/downstream-$$r-seed$$s-$$cond && echo trainer.resume=true)"; \
+	    test -s $$gen || { $(VENV)/bin/vqct train generator_scenes data.train_codes=$$codes/train \
+	      data.val_codes=$$codes/val seed=$$s trainer.run_name=downstream-$$r-seed$$s-$$cond $$extra $(GENERATOR_ARGS) \
+	      | tee $$gen.tmp && mv $$gen.tmp $$gen; } || exit 1; \
+	  done; \
+	  for t in $(DOWNSTREAM_GENERATION); do out=$(DOWNSTREAM_OUT)/$$r-seed$$s-$$t.json; test -s $$out && continue; \
+	    cond=$$(test $$t = semantic && echo segmentation || echo caption); \
+	    scenes=$$(test $$t = completion && echo "--scenes $(SCENES_DATA)/test"); \
+	    $(VENV)/bin/vqct downstream $$t runs/downstream-$$r-seed$$s-$$cond --eval $$codes/test --parser $(SCENES_PARSER) \
+	      --real $(SCENES_DATA)/val --out samples/scenes/$$r-seed$$s/$$t --seed $$s $$scenes $(SAMPLE_ARGS) \
+	      | tee $$out.tmp && mv $$out.tmp $$out || exit 1; \
+	  done; \
+	done; done
+	$(VENV)/bin/vqct downstream table $(foreach r,$(DOWNSTREAM_RECIPES) truth,$(foreach s,$(SEEDS),$(foreach t,$(DOWNSTREAM_TASKS),$(DOWNSTREAM_OUT)/$(r)-seed$(s)-$(t).json))) \
+	  $(foreach r,$(DOWNSTREAM_RECIPES),$(foreach s,$(SEEDS),$(foreach t,$(DOWNSTREAM_GENERATION),$(DOWNSTREAM_OUT)/$(r)-seed$(s)-$(t).json)))
 
 # The SLURM tests start a one-node cluster from Debian's slurm-wlm (daemons on 127.0.0.1).
 cluster-tools:
@@ -165,4 +187,4 @@ test-fast: $(STAMP)
 	$(PY) -m pytest tests -m "not e2e"
 
 clean:
-	rm -rf runs mlflow.db mlartifacts data/shapes data/scenes parsers codes .pytest_cache
+	rm -rf runs mlflow.db mlartifacts data/shapes data/scenes parsers codes samples .pytest_cache
