@@ -315,6 +315,24 @@ def _cmd_bench_gcn(args: argparse.Namespace) -> dict:
 TRACKING_URI_HELP = "the MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
 
 
+def _add_judge_inputs(parser: argparse.ArgumentParser, real_required: bool) -> None:
+    """What the scene judge reads, shared by vqct downstream judge and the generation tasks."""
+    parser.add_argument("--parser", required=True, help="the scene parser file (vqct parser)")
+    parser.add_argument("--real", nargs="+", required=real_required,
+                        help="held-out real scenes for FID in the parser's feature space (fid_parser)")
+    parser.add_argument("--limit", type=int, help="judge only the first N scenes (and N real ones)")
+
+
+def _add_sampling(parser: argparse.ArgumentParser) -> None:
+    """The sampler's options, shared by vqct generate and the downstream generation tasks."""
+    parser.add_argument("--temperature", type=float, default=1.0, help="0: the most likely code")
+    parser.add_argument("--top-k", type=int, default=0, help="0: off")
+    parser.add_argument("--top-p", type=float, default=1.0, help="1.0: off")
+    parser.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (default: off; "
+                        "unconditional samples never use it)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def _add_target(parser: argparse.ArgumentParser) -> None:
     """The trained-tokenizer argument, the same forms for every command (vqct.tracking.targets)."""
     parser.add_argument("target", help="a trained tokenizer: a checkpoint directory, a run directory, a run "
@@ -442,9 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     judge = downstream_sub.add_parser("judge", help="the scene judge: objects found (shape and colour), mIoU, "
                                       "FID in the parser's feature space, on generated or real scenes")
     judge.add_argument("shards", nargs="+", help="scenes shards or vqct generate --out-shards output")
-    judge.add_argument("--parser", required=True, help="the scene parser file (vqct parser)")
-    judge.add_argument("--real", nargs="+", help="held-out real scenes for FID in the parser's feature space")
-    judge.add_argument("--limit", type=int, help="judge only the first N scenes (and N real ones)")
+    _add_judge_inputs(judge, real_required=False)
     judge.add_argument("--mismatched", action="store_true", help="the control: judge each picture against "
                        "the next scene's caption and map")
     judge.add_argument("--completion-of", nargs="+", metavar="SCENES", help="image completion: PSNR of each "
@@ -458,16 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "from a generator, judged by the scene parser")
         one.add_argument("target", help="a trained generator (run directory, run name, checkpoint or directory)")
         one.add_argument("--eval", required=True, help="held-out code set of the generator's tokenizer")
-        one.add_argument("--parser", required=True, help="the scene parser file (vqct parser)")
-        one.add_argument("--real", nargs="+", required=True, help="held-out real scenes for fid_parser")
+        _add_judge_inputs(one, real_required=True)
         one.add_argument("--out", required=True, help="directory for the sample shards (resumable)")
         one.add_argument("--scenes", nargs="+", help="completion: the real scenes the --eval codes were made from")
-        one.add_argument("--limit", type=int, help="judge only the first N samples")
-        one.add_argument("--temperature", type=float, default=1.0)
-        one.add_argument("--top-k", type=int, default=0)
-        one.add_argument("--top-p", type=float, default=1.0)
-        one.add_argument("--cfg-scale", type=float, help="classifier-free guidance (not used by unconditional)")
-        one.add_argument("--seed", type=int, default=0)
+        _add_sampling(one)
         one.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
         one.set_defaults(func=_cmd_downstream_generation)
     truth = downstream_sub.add_parser("truth", help="the ceiling row: a code set of the scenes' ground truth "
@@ -506,11 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--caption", help="the caption (caption-conditioned generators)")
     generate.add_argument("--segmentation", help="a class-per-pixel PNG (segmentation-conditioned generators)")
     generate.add_argument("--prefix-image", help="an image whose top half of codes is kept (completion)")
-    generate.add_argument("--temperature", type=float, default=1.0, help="0: the most likely code")
-    generate.add_argument("--top-k", type=int, default=0, help="0: off")
-    generate.add_argument("--top-p", type=float, default=1.0, help="1.0: off")
-    generate.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (default: off)")
-    generate.add_argument("--seed", type=int, default=0)
+    _add_sampling(generate)
     generate.add_argument("--no-cache", action="store_true", help="recompute the prefix every step (slower)")
     generate.add_argument("--null-condition", action="store_true", help="unconditional samples from a "
                           "conditional generator: its trained null condition in place of every caption or map")
