@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from vqct.data.code_loader import grid_classes
+from vqct.data.decode import BadSample
 from vqct.data.scenes.truth import raw_samples
 from vqct.data.scenes.world import COLOURS, PATTERNS, SHAPES, SIZES
 from vqct.data.shards import resolve_shards
@@ -43,19 +45,18 @@ def truth_identity(grid: int, image_size: int) -> dict:
 
 
 def cell_objects(instances: np.ndarray, grid: int) -> np.ndarray:
-    """(grid, grid) instance id (0 background, 1 + object index) covering most of each cell."""
-    size = instances.shape[0]
-    if instances.shape != (size, size) or size % grid:
+    """(grid, grid) instance id (0 background, 1 + object index) covering most of each cell; ties
+    go to the lower id (background, then the object listed first), as a generator's class map does."""
+    try:
+        return grid_classes(instances, grid, int(instances.max()) + 1).numpy()
+    except BadSample:
         raise UserError(f"instance map {instances.shape} is not square or not a multiple of grid={grid}; "
-                        "give a grid that divides the image size")
-    step = size // grid
-    cells = instances.reshape(grid, step, grid, step).transpose(0, 2, 1, 3).reshape(grid, grid, -1)
-    counts = np.stack([(cells == i).sum(-1) for i in range(int(instances.max()) + 1)], axis=-1)
-    return counts.argmax(-1)  # ties go to the lower id: background, then the object listed first
+                        "give a grid that divides the image size") from None
 
 
-def truth_grid(sample: dict, grid: int) -> np.ndarray:
-    """(grid, grid, 4) int32 codes of one scenes sample (needs its inst.png and json)."""
+def truth_grid(sample: dict, grid: int) -> tuple[np.ndarray, int]:
+    """(grid, grid, 4) int32 codes of one scenes sample (needs its inst.png and json), and the
+    sample's image size."""
     from PIL import Image
 
     instances = np.asarray(Image.open(io.BytesIO(sample["inst.png"])), dtype=np.int64)
@@ -63,7 +64,7 @@ def truth_grid(sample: dict, grid: int) -> np.ndarray:
     table = np.zeros((1 + len(objects), len(COLUMNS)), np.int32)
     for row, obj in enumerate(objects, start=1):
         table[row] = [1 + values.index(obj[name]) for name, values in COLUMNS]
-    return table[cell_objects(instances, grid)]
+    return table[cell_objects(instances, grid)], instances.shape[0]
 
 
 def write_truth_codes(shards: list[str], out: str | Path, grid: int = 16) -> dict:
@@ -81,10 +82,7 @@ def write_truth_codes(shards: list[str], out: str | Path, grid: int = 16) -> dic
                 if "inst.png" not in sample or "json" not in sample:
                     skipped += 1
                     continue
-                codes = truth_grid(sample, grid)
-                if image_size is None:
-                    from PIL import Image
-                    image_size = Image.open(io.BytesIO(sample["inst.png"])).size[0]
+                codes, image_size = truth_grid(sample, grid)
                 buffer = io.BytesIO()
                 np.save(buffer, codes)
                 sink.write({"__key__": sample["__key__"], CODES_EXT: buffer.getvalue(), "txt": sample.get("txt", b""),

@@ -35,9 +35,8 @@ def _condition(gen: TrainedGenerator, n: int, captions: list[str] | None, segmen
     NULL: the sampler puts the null condition in its place, so a missing one is a placeholder."""
     cond = gen.config.condition
     if null and not captions and segmentation is None:
-        captions = [""] if isinstance(cond, CaptionConditionConfig) else None
-        if isinstance(cond, SegmentationConditionConfig):
-            segmentation = np.zeros((gen.model.layout.height, gen.model.layout.width), np.uint8)
+        captions = [""]
+        segmentation = np.zeros((gen.model.layout.height, gen.model.layout.width), np.uint8)
     if isinstance(cond, CaptionConditionConfig):
         if not captions:
             raise UserError("this generator is caption-conditioned: give --caption \"...\"")

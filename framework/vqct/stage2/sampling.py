@@ -82,11 +82,10 @@ def sample_codes(model: CodeGenerator, cond, batch: int, cfg: SamplingConfig | N
 def _sample(model, cond, batch, cfg, prefix, generator) -> torch.Tensor:
     layout = model.layout
     guided = cfg.cfg_scale is not None
-    dropped = torch.ones(batch, dtype=torch.bool, device=model.pos.device) if cfg.null_condition else None
-    cond_tokens = model.condition_tokens(cond, batch, drop=dropped)
+    every = torch.ones(batch, dtype=torch.bool, device=model.pos.device)  # the null condition's mask
+    cond_tokens = model.condition_tokens(cond, batch, drop=every if cfg.null_condition else None)
     if guided:
-        null = model.condition_tokens(cond, batch, drop=torch.ones(batch, dtype=torch.bool, device=cond_tokens.device))
-        cond_tokens = torch.cat([cond_tokens, null])
+        cond_tokens = torch.cat([cond_tokens, model.condition_tokens(cond, batch, drop=every)])
     codes = torch.zeros(batch, layout.length, layout.columns, dtype=torch.long, device=cond_tokens.device)
     start = 0
     if prefix is not None:
