@@ -1,9 +1,10 @@
 """The generation tasks of `vqct downstream` end to end on the real stack: scenes -> a
-tokenizer's code sets (Ray tasks) -> a caption-conditioned generator (Ray Train, DeepSpeed) ->
-t2i, completion and unconditional samples (Ray tasks) judged by a scene parser, each an MLflow
-run tagged with its task, and a generator of the wrong condition refused. Tiny and untrained:
-what is pinned is the wiring and the bookkeeping (every held-out scene sampled and judged,
-completion matched to its real scene by key), not the quality."""
+tokenizer's code sets (Ray tasks) -> a caption-conditioned generator directory -> t2i,
+completion and unconditional samples (Ray tasks) judged by a scene parser, each an MLflow run
+tagged with its task, and a generator of the wrong condition refused. Tiny and untrained: what
+is pinned is the wiring and the bookkeeping (every held-out scene sampled and judged, completion
+matched to its real scene by key), not the quality. Training a generator on Ray Train and
+DeepSpeed, and the run directory -> generator directory export, are test_generator_e2e's."""
 
 import json
 import subprocess
@@ -16,19 +17,33 @@ from conftest import vqct_cmd
 from vqct.config import load_recipe
 from vqct.data.scenes.write import ScenesSettings, write_scenes
 from vqct.eval.parser_train import train_parser
+from vqct.records.code_manifest import read_code_manifest
+from vqct.stage2.build import build_generator
+from vqct.stage2.captions import text_width
+from vqct.stage2.generator import CodeLayout
+from vqct.stage2.pretrained import write_generator_dir
+from vqct.text.encoders import TextEncoder
 from vqct.tokenizer import build_tokenizer
 from vqct.tokenizer.pretrained import save_pretrained
 
 pytestmark = pytest.mark.e2e
 
-GENERATOR = ["data.batch_size=4", "data.val_batches=1", "condition.tokens=8", "generator.n_layer=1",
-             "generator.n_embd=32", "trainer.max_steps=2", "trainer.checkpoint_every=2", "trainer.image_every=2",
-             "sampling.samples=2", "trainer.storage_path=runs"]
+GENERATOR = ["data.train_codes=codes/val", "data.val_codes=codes/val", "condition.tokens=8", "generator.n_layer=1",
+             "generator.n_embd=32"]
 
 
 def _vqct(args, cwd):
     proc = subprocess.run(vqct_cmd() + args, capture_output=True, text=True, cwd=cwd, timeout=600)
     return proc, (json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None)
+
+
+def _untrained_generator(codes, directory):
+    cfg = load_recipe("generator_shapes", GENERATOR)
+    encoder = TextEncoder(cfg.condition.text_model, cfg.condition.tokens + 2, "cpu")
+    identity = read_code_manifest(codes)["tokenizer"]
+    model = build_generator(cfg, CodeLayout.from_dict(identity["layout"]), text_width(encoder))
+    code_set = {"layout": identity["layout"], "digest": identity["digest"], "tokenizer_dir": str(codes / "tokenizer")}
+    return write_generator_dir(model, cfg, code_set, directory)
 
 
 def test_t2i_completion_and_unconditional_are_sampled_judged_and_tracked(tmp_path):
@@ -43,16 +58,15 @@ def test_t2i_completion_and_unconditional_are_sampled_judged_and_tracked(tmp_pat
     urls = sorted(str(p) for p in (tmp_path / "scenes" / "val").glob("*.tar"))
     train_parser(urls, urls, str(tmp_path / "parser.pt"), steps=2, batch_size=4, width=8)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    proc, gen = _vqct(["train", "generator_shapes", "data.train_codes=codes/val", "data.val_codes=codes/val",
-                       f"tracking.uri={uri}", *GENERATOR], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torch.manual_seed(0)
+    generator = str(_untrained_generator(tmp_path / "codes" / "val", tmp_path / "generator"))
 
     common = ["--eval", "codes/val", "--parser", "parser.pt", "--real", "scenes/val", "--top-k", "16",
               "--tracking-uri", uri]
     results = {}
     for task, extra in [("t2i", ["--cfg-scale", "2"]), ("completion", ["--scenes", "scenes/val"]),
                         ("unconditional", [])]:
-        proc, results[task] = _vqct(["downstream", task, f"runs/{gen['run_name']}", "--out", f"samples/{task}",
+        proc, results[task] = _vqct(["downstream", task, generator, "--out", f"samples/{task}",
                                      *common, *extra], tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         scores = results[task]["scores"]
@@ -64,7 +78,7 @@ def test_t2i_completion_and_unconditional_are_sampled_judged_and_tracked(tmp_pat
     assert json.loads((tmp_path / "samples" / "unconditional" / "manifest.json").read_text())["sampling"] == {
         "temperature": 1.0, "top_k": 16, "top_p": 1.0, "cfg_scale": None, "use_cache": True, "null_condition": True}
 
-    proc, _ = _vqct(["downstream", "semantic", f"runs/{gen['run_name']}", "--out", "samples/semantic", *common],
+    proc, _ = _vqct(["downstream", "semantic", generator, "--out", "samples/semantic", *common],
                     tmp_path)
     assert proc.returncode == 2 and "conditioned on segmentation" in proc.stderr
 

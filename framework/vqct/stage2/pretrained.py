@@ -33,18 +33,24 @@ TEXT_MODEL_DIR = "text_model"
 
 def export_generator(target: str | Path, directory: str | Path) -> Path:
     """A generator checkpoint or run directory -> a generator directory at DIRECTORY."""
+    gen = load_generator(target)
+    return write_generator_dir(gen.model, gen.config, gen.code_set, directory)
+
+
+def write_generator_dir(model, cfg, code_set: dict, directory: str | Path) -> Path:
+    """MODEL (a CodeGenerator of CFG over CODE_SET: layout, digest, tokenizer_dir) -> a generator
+    directory at DIRECTORY."""
     from vqct.text.encoders import resolve_model_path
 
-    gen = load_generator(target)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in gen.model.state_dict().items()}, str(directory / WEIGHTS_FILE))
-    shutil.copytree(gen.code_set["tokenizer_dir"], directory / TOKENIZER_DIR, dirs_exist_ok=True)
-    if isinstance(gen.config.condition, CaptionConditionConfig):
-        shutil.copytree(resolve_model_path(gen.config.condition.text_model), directory / TEXT_MODEL_DIR,
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / WEIGHTS_FILE))
+    shutil.copytree(code_set["tokenizer_dir"], directory / TOKENIZER_DIR, dirs_exist_ok=True)
+    if isinstance(cfg.condition, CaptionConditionConfig):
+        shutil.copytree(resolve_model_path(cfg.condition.text_model), directory / TEXT_MODEL_DIR,
                         dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.onnx", "openvino*", "onnx"))
-    meta = {"format": FORMAT, "config": config_to_dict(gen.config),
-            "code_set": {k: v for k, v in gen.code_set.items() if k != "tokenizer_dir"}}
+    meta = {"format": FORMAT, "config": config_to_dict(cfg),
+            "code_set": {k: v for k, v in code_set.items() if k != "tokenizer_dir"}}
     atomic_write_text(directory / CONFIG_FILE, json.dumps(meta, indent=1))
     return directory
 
