@@ -28,6 +28,32 @@ def test_bench_step_zero1_prints_both_precisions_and_ratios(tmp_path):
 
 
 @pytest.mark.e2e
+def test_bench_step_on_two_workers_against_ddp_prints_ratios_and_halved_optimizer_state(tmp_path):
+    proc = subprocess.run(vqct_cmd() + ["bench", "step", "vqgan_shapes", "data.batch_size=2", "--workers", "2",
+                                        "--baseline", "ddp", "--stages", "0,2", "--steps", "1", "--warmup", "0"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = last_json(proc.stdout)
+    assert result["workers"] == 2 and result["baseline"] == "ddp" and set(result["results"]) == {"zero0", "zero2", "ddp"}
+    zero0, zero2, ddp = (result["results"][k] for k in ("zero0", "zero2", "ddp"))
+    # same weights and batches: the same first loss on every path
+    assert zero0["first_rec_l1"] == zero2["first_rec_l1"] == ddp["first_rec_l1"]
+    assert zero0["ratio_vs_ddp"] == pytest.approx(zero0["step_ms"] / ddp["step_ms"], abs=2e-3)
+    # Adam's two moments: ZeRO 0 and DDP hold them whole, ZeRO 2 holds its rank's half
+    assert zero0["optimizer_state_bytes_per_rank"] == ddp["optimizer_state_bytes_per_rank"] > 0
+    assert zero2["state_vs_zero0"] == pytest.approx(0.5, abs=0.01)
+    assert "FutureWarning" not in proc.stderr
+
+
+def test_bench_workers_go_with_the_ddp_baseline():
+    for args, words in [(["--workers", "2"], "--baseline ddp goes with --workers"),
+                        (["--baseline", "ddp", "--workers", "2", "--stages", "0,4"], "--stages 0,4")]:
+        proc = subprocess.run(vqct_cmd() + ["bench", "step", *args], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and words in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.e2e
 def test_bench_step_against_the_plain_loop_prints_the_ratio_and_flops(tmp_path):
     proc = subprocess.run(vqct_cmd() + ["bench", "step", "vqgan_shapes", "data.batch_size=4", "--baseline", "plain",
                                         "--steps", "2", "--warmup", "1"],

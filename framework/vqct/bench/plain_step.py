@@ -10,6 +10,8 @@ arithmetic and their time ratio is the framework's cost.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from vqct.config.schema import Config
@@ -18,15 +20,19 @@ from vqct.train.step import LossWeights
 
 
 class PlainStep:
-    def __init__(self, gen: torch.nn.Module, disc: torch.nn.Module, cfg: Config):
+    def __init__(self, gen: torch.nn.Module, disc: torch.nn.Module, cfg: Config,
+                 last_layer: torch.nn.Module | None = None, gan_context=contextlib.nullcontext):
+        """LAST_LAYER: the decoder's last layer (gen's own unless gen wraps it, as DDP does);
+        GAN_CONTEXT: entered for the discriminator's pass inside the generator's loss."""
         betas = tuple(cfg.optim.betas)
         self.gen, self.disc = gen, disc
+        self.last_layer, self.gan_context = last_layer or gen.last_layer, gan_context
         self.opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.optim.lr, betas=betas)
         self.opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.optim.disc_lr or cfg.optim.lr, betas=betas)
         self.w = LossWeights.from_config(cfg.loss)
 
     def _adaptive_weight(self, nll: torch.Tensor, g_loss: torch.Tensor) -> torch.Tensor:
-        last = self.gen.last_layer.weight
+        last = self.last_layer.weight
         nll_grad = torch.autograd.grad(nll, last, retain_graph=True)[0]
         g_grad = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
         weight = torch.norm(nll_grad) / (torch.norm(g_grad) + 1e-4)
@@ -38,7 +44,8 @@ class PlainStep:
         recon = out.reconstruction
         rec_loss = (images - recon).abs().mean()
         nll = w.rec * rec_loss
-        g_loss = -self.disc(recon).mean()
+        with self.gan_context():
+            g_loss = -self.disc(recon).mean()
         d_weight = self._adaptive_weight(nll, g_loss)
         loss = nll + d_weight * w.disc_factor * g_loss + w.codebook * out.quant_loss
         self.opt_g.zero_grad(set_to_none=True)

@@ -20,7 +20,7 @@ from vqct.host_memory import keep_freed_memory
 from vqct.config.schema import Config, TrainerConfig, VQCTConfig
 
 
-def _images(batch: int, size: int, seed: int) -> torch.Tensor:
+def scene_batch(batch: int, size: int, seed: int) -> torch.Tensor:
     """Real shapes scenes, not noise: the quantizer and GAN see realistic statistics."""
     import numpy as np
 
@@ -43,7 +43,7 @@ def init_single_process(use_gpu: bool) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
 
 
-def _build(cfg: Config, priors: dict | None):
+def build_models(cfg: Config, priors: dict | None):
     """The tokenizer and discriminator, initialised from the config's seed (the same weights
     every time it is called)."""
     from vqct.models.discriminator import PatchDiscriminator
@@ -66,7 +66,7 @@ def _vqct_step(cfg: Config, images: torch.Tensor, priors: dict | None):
     from vqct.train.engines import build_engines, compute_dtype, prepare_batch
     from vqct.train.step import LossWeights, train_micro_step
 
-    gen, disc = build_engines(*_build(cfg, priors), engine_settings(cfg.trainer), cfg.optim, cfg.data.batch_size)
+    gen, disc = build_engines(*build_models(cfg, priors), engine_settings(cfg.trainer), cfg.optim, cfg.data.batch_size)
     batch = prepare_batch(images.to(gen.device).to(compute_dtype(cfg.trainer)), cfg.trainer)
     weights = LossWeights.from_config(cfg.loss)
     return (lambda: train_micro_step(gen, disc, None, batch, cfg.loss.disc_start, weights)[0]), gen
@@ -101,7 +101,7 @@ def _measure(cfg: Config, images: torch.Tensor, steps: int, warmup: int, priors:
     calls = {"vqct": vqct_step}
     plain_step = None
     if plain:
-        plain_step = PlainStep(*(m.to(device) for m in _build(cfg, priors)), cfg)
+        plain_step = PlainStep(*(m.to(device) for m in build_models(cfg, priors)), cfg)
         calls["plain"] = lambda: plain_step(batch)
     # Same weights, same batch: the first call of each gives the same reconstruction loss.
     first = {name: round(float(fn()["loss/rec_l1"]), 6) for name, fn in calls.items()}
@@ -113,7 +113,7 @@ def _measure(cfg: Config, images: torch.Tensor, steps: int, warmup: int, priors:
     # FLOPs by torch's counter over the plain step, which does the same arithmetic (the
     # counter's autograd hooks cannot run inside DeepSpeed's engines); built after the timing
     # when it is not the baseline, so that its memory stays out of the peak.
-    plain_step = plain_step or PlainStep(*(m.to(device) for m in _build(cfg, priors)), cfg)
+    plain_step = plain_step or PlainStep(*(m.to(device) for m in build_models(cfg, priors)), cfg)
     flops = _step_flops(lambda: plain_step(batch), device)
     result = {"codebook_size": sum(gen.module.quantizer.groups.values()), "flops_per_step": flops,
               **_figures(seconds["vqct"], images.shape[0], flops, device, cfg.trainer.precision),
@@ -145,17 +145,29 @@ def _measure_variants(cfgs: dict[str, Config], images: torch.Tensor, steps: int,
 
 
 def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: int, warmup: int,
-               priors_dir: str | None = None, baseline: str = "precision", variants: list[str] | None = None) -> dict:
+               priors_dir: str | None = None, baseline: str = "precision", variants: list[str] | None = None,
+               workers: int = 1, stages: list[int] | None = None) -> dict:
     """BASELINE: "precision" (each precision against the first), "plain" (vqct's step against
-    the plain taming-form loop of plain_step.py, fp32, interleaved in the same run) or
+    the plain taming-form loop of plain_step.py, fp32, interleaved in the same run),
     "variants" (the recipe as given against the recipe plus each override in VARIANTS, e.g.
-    trainer.channels_last=true, interleaved in the same run)."""
+    trainer.channels_last=true, interleaved in the same run) or "ddp" (WORKERS processes: vqct's
+    step at each ZeRO stage in STAGES against DistributedDataParallel, bench/ddp_step.py)."""
     from vqct.config import load_recipe
     from vqct.errors import UserError
     from vqct.text.priors import load_priors
 
-    if baseline not in ("precision", "plain", "variants"):
-        raise UserError(f"--baseline {baseline}: give precision, plain or variants")
+    if baseline not in ("precision", "plain", "variants", "ddp"):
+        raise UserError(f"--baseline {baseline}: give precision, plain, variants or ddp")
+    if (baseline == "ddp") != (workers > 1):
+        raise UserError("--baseline ddp goes with --workers 2 or more, and --workers with --baseline ddp")
+    if baseline == "ddp":
+        from vqct.bench.ddp_step import bench_step_ddp
+
+        cfg = load_recipe(recipe, [*overrides, f"trainer.precision={precisions[0]}", "loss.perceptual_weight=0"])
+        if cfg.align.enabled:
+            raise UserError(f"{cfg.recipe} turns on alignment heads, which bench step does not time: add "
+                            "align.lgvq.enabled=false align.vlt.enabled=false")
+        return bench_step_ddp(cfg, workers, stages or [0, 1, 2, 3], steps, warmup, priors_dir)
     if (baseline == "variants") != bool(variants):
         raise UserError("--vary KEY=VALUE goes with --baseline variants, which needs at least one --vary")
     if baseline == "variants" and len(precisions) != 1:
@@ -182,7 +194,7 @@ def bench_step(recipe: str, overrides: list[str], precisions: list[str], steps: 
                 if cfg.trainer.keep_host_memory:  # as a CPU worker does; for both steps timed here
                     keep_freed_memory()
             init_single_process(use_gpu)
-            images = _images(cfg.data.batch_size, cfg.data.image_size, cfg.seed)
+            images = scene_batch(cfg.data.batch_size, cfg.data.image_size, cfg.seed)
         print(f"bench step: {precision} ...", file=sys.stderr)
         if baseline == "variants":
             cfgs = {"base": cfg, **{v: load_recipe(recipe, [*overrides, f"trainer.precision={precision}",

@@ -249,14 +249,22 @@ def _cmd_parser(args: argparse.Namespace) -> dict:
 def _cmd_bench_step(args: argparse.Namespace) -> dict:
     from vqct.bench.train_step import bench_step
 
-    given = args.precisions or ("fp32" if args.baseline in ("plain", "variants") else "fp32,bf16")
+    given = args.precisions or ("fp32" if args.baseline in ("plain", "variants", "ddp") else "fp32,bf16")
     precisions = [p.strip() for p in given.split(",") if p.strip()]
     if not precisions or any(p not in ("fp32", "bf16") for p in precisions):
         raise UserError("--precisions takes a comma-separated list of fp32 and bf16")
     if args.steps <= 0 or args.warmup < 0:
         raise UserError("--steps must be positive and --warmup not negative")
+    try:
+        stages = [int(x) for x in args.stages.split(",")]
+    except ValueError:
+        stages = []
+    if not stages or any(s not in (0, 1, 2, 3) for s in stages):
+        raise UserError(f"--stages {args.stages}: give ZeRO stages from 0-3, comma-separated, e.g. 0,1,2,3")
+    if args.workers < 1:
+        raise UserError("--workers must be a positive number")
     return bench_step(args.recipe, args.overrides, precisions, args.steps, args.warmup, args.priors, args.baseline,
-                      args.vary)
+                      args.vary, args.workers, stages)
 
 
 def _cmd_bench_eval(args: argparse.Namespace) -> dict:
@@ -570,14 +578,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks (ratios against a baseline measured in the same run)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    step = bench_sub.add_parser("step", help="training-step throughput per precision, one process")
+    step = bench_sub.add_parser("step", help="training-step throughput per precision (one process), or on N "
+                            "processes against DDP")
     step.add_argument("recipe", nargs="?", default="vqgan_shapes")
     step.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=paper data.image_size=256")
     step.add_argument("--precisions", help="comma-separated, the first one is the baseline (default fp32,bf16; "
                       "fp32 with --baseline plain)")
-    step.add_argument("--baseline", choices=["precision", "plain", "variants"], default="precision",
+    step.add_argument("--baseline", choices=["precision", "plain", "variants", "ddp"], default="precision",
                       help="plain: vqct's step against a plain taming-form PyTorch loop of the same modules, "
-                      "interleaved in this run; variants: the recipe against each --vary")
+                      "interleaved in this run; variants: the recipe against each --vary; ddp: with --workers N, "
+                      "vqct's step at each ZeRO stage against PyTorch DistributedDataParallel on N processes")
+    step.add_argument("--workers", type=int, default=1, help="data-parallel processes (with --baseline ddp)")
+    step.add_argument("--stages", default="0,1,2,3", help="with --baseline ddp: the ZeRO stages to measure")
     step.add_argument("--vary", action="append", default=[], metavar="KEY=VALUE",
                       help="with --baseline variants: one more override to measure against the recipe as given "
                       "(repeatable), e.g. --vary trainer.channels_last=true --vary optim.adam=foreach")
