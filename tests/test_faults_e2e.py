@@ -1,6 +1,6 @@
 """Faults during real training runs (Ray Train, 2 DeepSpeed workers, MLflow sqlite store):
 a worker killed mid-run, the driver stopped by SIGTERM, a damaged latest checkpoint at
-resume, shards full of broken samples."""
+resume, shards full of broken samples, a lost head, a lost node of two."""
 
 import json
 import os
@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO, vqct_cmd
 from fault_corpus import EXPECTED_SKIPS, write_fault_corpus
-from servers import start_ray_head, stop
+from servers import raylet_pid, start_ray_head, start_ray_node, stop
 from vqct.records.checkpoint_integrity import DamagedCheckpoint, verify_checkpoint
 from vqct.records.command_output import last_json
 
@@ -210,8 +210,8 @@ def test_diverging_numerics_stop_the_run_once_with_the_term_and_step(tmp_path, s
     assert run.info.status == "FAILED" and run.data.metrics["numerics/skipped_batches"] == 3
 
 
-@pytest.mark.timeout(1800)  # two trainings and two Ray heads
-def test_a_lost_ray_head_fails_the_run_clearly_and_it_resumes_on_a_new_cluster(tmp_path, shapes_dir):
+@pytest.mark.timeout(1800)  # a training and a Ray head: generous for a loaded machine
+def test_a_lost_ray_head_fails_the_run_clearly(tmp_path, shapes_dir):
     from mlflow.tracking import MlflowClient
 
     temp_dir = tempfile.mkdtemp(prefix="vqray-", dir="/tmp")  # short: Ray's unix sockets live there
@@ -227,6 +227,7 @@ def test_a_lost_ray_head_fails_the_run_clearly_and_it_resumes_on_a_new_cluster(t
     finally:
         _kill_group(proc)
         stop(head, timeout=5)
+        shutil.rmtree(temp_dir, ignore_errors=True)
     log = (tmp_path / "train.log").read_text()
     last = log.strip().splitlines()[-1]
     assert proc.returncode == 1, log[-3000:]
@@ -235,12 +236,52 @@ def test_a_lost_ray_head_fails_the_run_clearly_and_it_resumes_on_a_new_cluster(t
     run_id = json.loads((run_dir / "vqct_run.json").read_text())["mlflow_run_id"]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert MlflowClient(uri).get_run(run_id).info.status == "FAILED"
+    # resuming on a new cluster: test_a_lost_node_that_never_returns_…
+
+
+@pytest.mark.timeout(1800)  # two trainings, a two-node cluster and a new head
+def test_a_lost_node_that_never_returns_stops_the_run_after_node_wait_and_it_resumes(tmp_path, shapes_dir):
+    """Two Ray nodes of one CPU each, one worker on each; the second node's raylet is killed
+    by PID after a checkpoint. Ray Train alone would retry starting the group forever: the run
+    stops after trainer.node_wait_s, and resumes in the same MLflow run on a new cluster."""
+    from mlflow.tracking import MlflowClient
+
+    temp_dir = tempfile.mkdtemp(prefix="vqray-", dir="/tmp")  # short: Ray's unix sockets live there
+    node_dir = tempfile.mkdtemp(prefix="vqnode-", dir="/tmp")
+    head, address = start_ray_head(temp_dir, cpus=1)
+    node = None
+    args = _args(tmp_path, f"{shapes_dir}/train", f"{shapes_dir}/val", "trainer.max_steps=500",
+                 "trainer.checkpoint_every=5", "trainer.node_wait_s=15", "trainer.run_name=nodeless")
+    run_dir = tmp_path / "runs" / "nodeless"
+    try:
+        node, node_port = start_ray_node(node_dir, address)
+        proc = _start(tmp_path, *args, env={"RAY_ADDRESS": address})
+        try:
+            _wait_for_checkpoint(run_dir, 5, proc)
+            os.kill(raylet_pid(node_port), signal.SIGKILL)  # the node is gone, and stays gone
+            proc.communicate(timeout=600)
+        finally:
+            _kill_group(proc)
+    finally:
+        if node:
+            stop(node, timeout=10)
+        stop(head, timeout=60)
+        shutil.rmtree(node_dir, ignore_errors=True)
+    log = (tmp_path / "train.log").read_text()
+    last = log.strip().splitlines()[-1]
+    assert proc.returncode == 1, log[-3000:]
+    assert "waiting up to 15 s for it to come back" in log, log[-3000:]
+    assert "a node was lost and did not come back" in last and "1 of the 2 CPUs" in last, last
+    assert "last intact checkpoint" in last and "trainer.run_name=nodeless" in last, last
+    run_id = json.loads((run_dir / "vqct_run.json").read_text())["mlflow_run_id"]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert MlflowClient(uri).get_run(run_id).info.status == "FAILED"
 
     step = max(_intact_steps(run_dir))
     head, address = start_ray_head(temp_dir)  # a new cluster; the run's storage survived
     try:
-        resumed = _run(tmp_path, *args[:-3], f"trainer.max_steps={step + 5}", "trainer.checkpoint_every=5",
-                       "trainer.run_name=headless", "trainer.resume=true", env={"RAY_ADDRESS": address})
+        resumed = _run(tmp_path, *args[:-4], f"trainer.max_steps={step + 5}", "trainer.checkpoint_every=5",
+                       "trainer.run_name=nodeless", "trainer.resume=true", env={"RAY_ADDRESS": address})
     finally:
         stop(head, timeout=60)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -248,3 +289,6 @@ def test_a_lost_ray_head_fails_the_run_clearly_and_it_resumes_on_a_new_cluster(t
     assert f"resumed from step {step}" in resumed.stderr
     result = last_json(resumed.stdout)
     assert result["run_id"] == run_id and result["steps"] == step + 5
+    # nothing counted twice: each logged step once in the one MLflow run
+    steps = _history_steps(uri, run_id, "loss/rec_l1")
+    assert steps == sorted(set(steps)) and steps[-1] == step + 5

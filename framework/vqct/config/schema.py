@@ -290,6 +290,9 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     max_failures: int = 3  # worker-group restarts from the last checkpoint before the run fails
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    # On a Ray cluster: seconds a run waits for a lost node's resources to come back before it
+    # stops with the resume line (launch/cluster_watch.py); Ray Train alone would wait forever
+    node_wait_s: float = 600.0
     resume: bool = False
     run_name: Optional[str] = None  # default: "<recipe>-<timestamp>"
     storage_path: str = "runs"
@@ -309,7 +312,7 @@ class TrainerConfig:
                          checkpoint_every=self.checkpoint_every, log_every=self.log_every,
                          image_every=self.image_every, keep_checkpoints=self.keep_checkpoints,
                          max_bad_steps=self.max_bad_steps)
-        require_non_negative("trainer", max_failures=self.max_failures)
+        require_non_negative("trainer", max_failures=self.max_failures, node_wait_s=self.node_wait_s)
         if self.zero_stage not in (0, 1, 2, 3):
             raise UserError(f"config: trainer.zero_stage={self.zero_stage} must be 0, 1, 2 or 3")
         if self.precision not in ("fp32", "bf16"):

@@ -7,6 +7,7 @@ starts: shards, reader counts, the Ray address, the run to resume.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -17,6 +18,7 @@ from vqct.config.generator import GeneratorConfig
 from vqct.config.schema import Config, VQCTConfig
 from vqct.data.shards import check_reader_count, drop_empty, resolve_shards
 from vqct.errors import TrainingFailed, UserError
+from vqct.launch.cluster_watch import ClusterWatch
 from vqct.launch.ray_connect import connect
 from vqct.launch.runs import choose_run, repair_ray_snapshot
 from vqct.launch.signals import interrupt_on_sigterm, on_stop_signal
@@ -178,6 +180,18 @@ def _tell_job_script(run_dir: Path) -> None:
         Path(pointer).write_text(str(run_dir.resolve()))
 
 
+class _NoWatch(contextlib.nullcontext):
+    lost = None
+
+
+def _cluster_watch(t) -> ClusterWatch | _NoWatch:
+    """Only a cluster of its own (RAY_ADDRESS) can lose a node; the embedded instance is this
+    machine."""
+    if not os.environ.get("RAY_ADDRESS"):
+        return _NoWatch()
+    return ClusterWatch(t.num_workers * t.cpus_per_worker, t.num_workers if t.use_gpu else 0, t.node_wait_s)
+
+
 def _fit(spec: WorkerSpec, storage: Path, previous: dict | None, missing_shards: int,
          empty_shards: int) -> RunSummary | GeneratorSummary:
     """Open (or reopen) the MLflow run, run the workers, close the run, register the model.
@@ -202,13 +216,18 @@ def _fit(spec: WorkerSpec, storage: Path, previous: dict | None, missing_shards:
     print(f"run {run_name}: MLflow run {run_id} at {uri}", file=sys.stderr)
     take_stop(storage / run_name)  # a stop left by an earlier attempt is history now
     spec = dataclasses.replace(spec, mlflow_run_id=run_id)
+    watch = _cluster_watch(cfg.trainer)
     try:
-        with on_stop_signal(lambda: close_run(uri, run_id, "KILLED")):
+        with on_stop_signal(lambda: close_run(uri, run_id, "KILLED")), watch:
             result = _trainer(cfg, spec, run_name, storage).fit()
     except BaseException as exc:
         # Ctrl-C inside fit() meets Ray Train's own SIGINT handler, which aborts the workers
         # gracefully and then exits (SystemExit); SIGTERM arrives as KeyboardInterrupt.
         interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+        if watch.lost:  # the watch stopped it: a failure, not the user's stop
+            close_run(uri, run_id, "FAILED")
+            raise TrainingFailed(f"training run {run_name} stopped: {watch.lost}; "
+                                 f"{_where_to_resume(storage / run_name)}") from None
         close_run(uri, run_id, "KILLED" if interrupted else "FAILED")
         if interrupted:
             print(f"stopped: {_where_to_resume(storage / run_name)}", file=sys.stderr)
