@@ -171,7 +171,8 @@ downstream: $(STAMP) $(SCENES_DATA)/manifest.json $(SCENES_PARSER)
 	$(VENV)/bin/vqct downstream table $(foreach r,$(DOWNSTREAM_RECIPES) truth,$(foreach s,$(SEEDS),$(foreach t,$(DOWNSTREAM_TASKS),$(DOWNSTREAM_OUT)/$(r)-seed$(s)-$(t).json))) \
 	  $(foreach r,$(DOWNSTREAM_RECIPES),$(foreach s,$(SEEDS),$(foreach t,$(DOWNSTREAM_GENERATION),$(DOWNSTREAM_OUT)/$(r)-seed$(s)-$(t).json)))
 
-# The SLURM tests start a one-node cluster from Debian's slurm-wlm (daemons on 127.0.0.1).
+# The SLURM tests start a one-node cluster from Debian's slurm-wlm (daemons on 127.0.0.1); the team
+# tracking-server test a PostgreSQL server (Debian's postgresql).
 cluster-tools:
 	@command -v slurmctld >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -179,6 +180,12 @@ cluster-tools:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm >/dev/null || \
 	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm >/dev/null; }; \
 	  else echo "note: slurm-wlm is missing and cannot be installed here: the SLURM tests will be skipped"; fi; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing postgresql for the team tracking-server test"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null; }; \
+	  else echo "note: PostgreSQL is missing and cannot be installed here: the team tracking-server test will be skipped"; fi; }
 
 test: $(STAMP) cluster-tools
 	$(PY) -m pytest tests --durations=15
