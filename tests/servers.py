@@ -74,7 +74,8 @@ def start_mlflow_server(root: Path, port: int, env: dict | None = None, backend:
         time.sleep(1)
 
 
-def start_ray_head(temp_dir: str, port: int | None = None, cpus: int = 2) -> tuple[subprocess.Popen, str]:
+def start_ray_head(temp_dir: str, port: int | None = None, cpus: int = 2,
+                   env: dict | None = None) -> tuple[subprocess.Popen, str]:
     """`ray start --head --block` on loopback (its own process group); returns once the
     GCS port accepts connections. TEMP_DIR must be short: Ray's unix sockets live there."""
     port = port or free_port()
@@ -84,7 +85,7 @@ def start_ray_head(temp_dir: str, port: int | None = None, cpus: int = 2) -> tup
          f"--num-cpus={cpus}", "--include-dashboard=false", "--object-store-memory=268435456",
          "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env=dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1"))
+        env=dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1", **(env or {})))
     deadline = time.time() + 600  # a safety net: a loaded machine starts it slowly
     while time.time() < deadline:
         with socket.socket() as s:
@@ -164,7 +165,7 @@ def stop_postgres(proc: subprocess.Popen, data: str) -> None:
     shutil.rmtree(data, ignore_errors=True)
 
 
-def start_ray_node(temp_dir: str, address: str, cpus: int = 1) -> tuple[subprocess.Popen, int]:
+def start_ray_node(temp_dir: str, address: str, cpus: int = 1, env: dict | None = None) -> tuple[subprocess.Popen, int]:
     """A second Ray node on this machine joining the head at ADDRESS: every port of its own
     (two nodes' defaults collide), its own TEMP_DIR (Ray's scratch, on the head's machine
     shared only because it is one machine). Returns (process, its raylet's node-manager port, by which
@@ -181,7 +182,7 @@ def start_ray_node(temp_dir: str, address: str, cpus: int = 1) -> tuple[subproce
          f"--runtime-env-agent-port={ports[5]}", f"--min-worker-port={low}", f"--max-worker-port={low + 199}",
          "--object-store-memory=268435456", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         stdout=subprocess.DEVNULL, stderr=open(Path(temp_dir) / "ray_start.log", "w"), start_new_session=True,
-        env=dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1"))
+        env=dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1", **(env or {})))
     deadline = time.time() + 600  # a safety net: a loaded machine starts it slowly
     while time.time() < deadline and proc.poll() is None:
         with socket.socket() as s:

@@ -145,3 +145,32 @@ def test_a_truncated_or_dangling_ray_snapshot_is_moved_aside(tmp_path, capsys):
     repair_ray_snapshot(run_dir)
     assert not (run_dir / RAY_SNAPSHOT).exists()
     assert "lists missing checkpoint checkpoint_a" in capsys.readouterr().err
+
+
+def test_run_locations_split_into_storage_and_run_for_directories_and_object_stores(tmp_path, monkeypatch):
+    from vqct.errors import UserError
+    from vqct.records.storage import run_storage, split_run_uri
+
+    monkeypatch.setenv("VQCT_SCRATCH", str(tmp_path / "scratch"))
+    storage, run = run_storage("s3://bucket/team/runs/e2e", mirror="rank1")
+    assert (storage.remote, run, storage.root) == (True, "e2e", "bucket/team/runs")
+    assert storage.uri("e2e/checkpoint_1") == "s3://bucket/team/runs/e2e/checkpoint_1"
+    assert storage.local == tmp_path / "scratch" / "rank1" / "bucket" / "team" / "runs"
+    assert storage.ray_storage()["storage_path"] == "bucket/team/runs"
+    local, run = run_storage(str(tmp_path / "runs" / "e2e"))
+    assert (local.remote, run, local.local) == (False, "e2e", tmp_path / "runs")
+    assert local.ray_storage() == {"storage_path": str(tmp_path / "runs")}
+    assert local.pull("e2e/x") == tmp_path / "runs" / "e2e" / "x"  # a directory is its own mirror
+    assert split_run_uri("s3://bucket/runs/e2e/checkpoint_2026")[1] == "e2e/checkpoint_2026"
+    assert split_run_uri("s3://bucket/runs/e2e")[1] == "e2e"
+    with pytest.raises(UserError, match="give s3://BUCKET/PREFIX/RUN"):
+        split_run_uri("s3://bucket")
+
+
+def test_a_snapshot_listing_a_checkpoint_the_store_lacks_is_moved_aside(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / RAY_SNAPSHOT).write_text(json.dumps({"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_a"}]}))
+    assert repair_ray_snapshot(run_dir, present=["checkpoint_a"]) is None  # the store has it, no local copy needed
+    aside = repair_ray_snapshot(run_dir, present=[])
+    assert aside is not None and aside.is_file() and not (run_dir / RAY_SNAPSHOT).exists()

@@ -13,17 +13,17 @@ import pytest
 import torch
 
 from conftest import REPO, vqct_cmd
-from servers import start_ray_head, stop
+from servers import s3_env, start_ray_head, start_s3_server, stop
 from vqct.records.command_output import last_json
 
 pytestmark = pytest.mark.e2e
 
 
-def _train(tmp_path, shapes_dir, *overrides, timeout=600, env=None, recipe="vqgan_shapes"):
+def _train(tmp_path, shapes_dir, *overrides, timeout=600, env=None, recipe="vqgan_shapes", storage=None):
     args = ["train", recipe,
             f"data.train_shards={shapes_dir}/train", f"data.val_shards={shapes_dir}/val",
             "data.batch_size=16", "data.val_batches=2",
-            f"trainer.storage_path={tmp_path}/runs", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+            f"trainer.storage_path={storage or tmp_path / 'runs'}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
             "tracking.experiment=e2e", "trainer.log_every=5", "optim.warmup_steps=2", *overrides]
     proc = subprocess.run(vqct_cmd() + args, capture_output=True, text=True, cwd=tmp_path,
                           env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})), timeout=timeout)
@@ -37,12 +37,48 @@ def _history(uri, run_id, key):
     return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
 
 
-def test_train_zero2_then_resume_in_the_same_mlflow_run(tmp_path, shapes_dir):
+@pytest.fixture
+def s3_store(tmp_path):
+    """An S3 API server (moto's) with an empty bucket; yields the environment that reaches it."""
+    import boto3
+
+    proc, endpoint = start_s3_server(tmp_path)
+    try:
+        env = s3_env(endpoint)
+        boto3.client("s3", endpoint_url=endpoint, region_name=env["AWS_DEFAULT_REGION"],
+                     aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                     aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket="vqct-runs")
+        yield env
+    finally:
+        stop(proc, timeout=10)
+
+
+def _keys(env, prefix):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket="vqct-runs", Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def test_train_zero2_then_resume_in_the_same_mlflow_run(tmp_path, shapes_dir, s3_store):
+    """The run's storage is an object store (an S3 API server): checkpoints, the run record and
+    the resume go through it, each process with a node-local mirror of its own; the resume and
+    `vqct eval` run from empty mirrors, as on a node that shares no disk with the first."""
     from mlflow.tracking import MlflowClient
 
+    store = "s3://vqct-runs/team"
     first, _ = _train(tmp_path, shapes_dir, "trainer.max_steps=20", "trainer.checkpoint_every=10",
                       "trainer.zero_stage=2", "loss.disc_start=15", "trainer.image_every=20",
-                      "trainer.run_name=e2e")
+                      "trainer.run_name=e2e", storage=store, env={**s3_store, "VQCT_SCRATCH": f"{tmp_path}/node1"})
+    assert first["checkpoint"].startswith(f"{store}/e2e/checkpoint_"), first["checkpoint"]
+    stored = _keys(s3_store, "team/e2e/")
+    assert "team/e2e/vqct_run.json" in stored
+    checkpoint_key = first["checkpoint"][len("s3://vqct-runs/"):]
+    assert {f"{checkpoint_key}/vqct_state.json", f"{checkpoint_key}/vqct_manifest_rank0.json",
+            f"{checkpoint_key}/vqct_manifest_rank1.json"} <= set(stored)
+    assert not (tmp_path / "runs").exists()
     for key in ("run_id", "recipe", "steps", "psnr", "codebook_usage", "images_per_s", "tracking_uri"):
         assert first[key] is not None, key
     assert first["steps"] == 20 and first["recipe"] == "vqgan_shapes"
@@ -78,7 +114,8 @@ def test_train_zero2_then_resume_in_the_same_mlflow_run(tmp_path, shapes_dir):
 
     second, log = _train(tmp_path, shapes_dir, "trainer.max_steps=40", "trainer.checkpoint_every=10",
                          "trainer.zero_stage=2", "loss.disc_start=15", "trainer.image_every=20",
-                         "trainer.resume=true")
+                         "trainer.resume=true", "trainer.run_name=e2e", storage=store,
+                         env={**s3_store, "VQCT_SCRATCH": f"{tmp_path}/node2"})
     assert second["run_id"] == run_id and second["run_name"] == "e2e" and second["steps"] == 40
     assert "resumed from step 20" in log
     rec = _history(uri, run_id, "loss/rec_l1")
@@ -89,6 +126,14 @@ def test_train_zero2_then_resume_in_the_same_mlflow_run(tmp_path, shapes_dir):
     late = statistics.mean(v for step, v in rec if step >= 25)
     assert late < 0.9 * early, rec
     assert client.get_run(run_id).info.status == "FINISHED"
+
+    # vqct eval from the store, on a third empty mirror: the run's newest intact checkpoint
+    proc = subprocess.run(vqct_cmd() + ["eval", f"{store}/e2e", "--data", f"{shapes_dir}/val"], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(REPO), **s3_store, VQCT_SCRATCH=f"{tmp_path}/node3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = last_json(proc.stdout)
+    assert evaluated["checkpoint"].endswith(second["checkpoint"].rsplit("/", 1)[1]) and evaluated["psnr"] > 5
 
 
 @pytest.fixture

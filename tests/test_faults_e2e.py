@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO, vqct_cmd
 from fault_corpus import EXPECTED_SKIPS, write_fault_corpus
-from servers import raylet_pid, start_ray_head, start_ray_node, stop
+from servers import raylet_pid, s3_env, start_ray_head, start_ray_node, start_s3_server, stop
 from vqct.records.checkpoint_integrity import DamagedCheckpoint, verify_checkpoint
 from vqct.records.command_output import last_json
 
@@ -239,25 +239,51 @@ def test_a_lost_ray_head_fails_the_run_clearly(tmp_path, shapes_dir):
     # resuming on a new cluster: test_a_lost_node_that_never_returns_…
 
 
+def _stored_steps(store: str, run: str) -> list[int]:
+    """Steps of the run's intact checkpoints in the object store (each pulled and verified)."""
+    from vqct.records.checkpoint_integrity import DamagedCheckpoint, verify_checkpoint
+    from vqct.records.storage import Storage
+
+    storage, steps = Storage(store), []
+    for name in storage.list_dirs(run):
+        if name.startswith("checkpoint_"):
+            try:
+                steps.append(verify_checkpoint(storage.pull(f"{run}/{name}"))["step"])
+            except (DamagedCheckpoint, OSError):
+                pass  # still being written
+    return steps
+
+
 @pytest.mark.timeout(1800)  # two trainings, a two-node cluster and a new head
-def test_a_lost_node_that_never_returns_stops_the_run_after_node_wait_and_it_resumes(tmp_path, shapes_dir):
-    """Two Ray nodes of one CPU each, one worker on each; the second node's raylet is killed
-    by PID after a checkpoint. Ray Train alone would retry starting the group forever: the run
-    stops after trainer.node_wait_s, and resumes in the same MLflow run on a new cluster."""
+def test_a_lost_node_that_never_returns_stops_the_run_after_node_wait_and_it_resumes(tmp_path, shapes_dir,
+                                                                                      monkeypatch):
+    """Two Ray nodes of one CPU each, one worker on each, no disk in common: each node its own
+    scratch, the run's storage an S3 API server. The second node's raylet is killed by PID
+    after a checkpoint. Ray Train alone would retry starting the group forever: the run stops
+    after trainer.node_wait_s, and resumes in the same MLflow run on a new cluster."""
+    import boto3
     from mlflow.tracking import MlflowClient
 
+    s3, endpoint = start_s3_server(tmp_path)
+    store_env = s3_env(endpoint)
+    for key, value in {**store_env, "VQCT_SCRATCH": str(tmp_path / "driver")}.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="vqct-runs")
+    store = "s3://vqct-runs/team"
     temp_dir = tempfile.mkdtemp(prefix="vqray-", dir="/tmp")  # short: Ray's unix sockets live there
     node_dir = tempfile.mkdtemp(prefix="vqnode-", dir="/tmp")
-    head, address = start_ray_head(temp_dir, cpus=1)
+    head, address = start_ray_head(temp_dir, cpus=1, env={"VQCT_SCRATCH": str(tmp_path / "head-scratch")})
     node = None
     args = _args(tmp_path, f"{shapes_dir}/train", f"{shapes_dir}/val", "trainer.max_steps=500",
-                 "trainer.checkpoint_every=5", "trainer.node_wait_s=15", "trainer.run_name=nodeless")
-    run_dir = tmp_path / "runs" / "nodeless"
+                 "trainer.checkpoint_every=5", "trainer.node_wait_s=15", "trainer.run_name=nodeless",
+                 f"trainer.storage_path={store}")
     try:
-        node, node_port = start_ray_node(node_dir, address)
+        node, node_port = start_ray_node(node_dir, address, env={"VQCT_SCRATCH": str(tmp_path / "node-scratch")})
         proc = _start(tmp_path, *args, env={"RAY_ADDRESS": address})
         try:
-            _wait_for_checkpoint(run_dir, 5, proc)
+            while not any(s >= 5 for s in _stored_steps(store, "nodeless")):  # a state, not a time
+                assert proc.poll() is None, "training ended before the fault could be injected"
+                time.sleep(1)
             os.kill(raylet_pid(node_port), signal.SIGKILL)  # the node is gone, and stays gone
             proc.communicate(timeout=600)
         finally:
@@ -272,23 +298,32 @@ def test_a_lost_node_that_never_returns_stops_the_run_after_node_wait_and_it_res
     assert proc.returncode == 1, log[-3000:]
     assert "waiting up to 15 s for it to come back" in log, log[-3000:]
     assert "a node was lost and did not come back" in last and "1 of the 2 CPUs" in last, last
-    assert "last intact checkpoint" in last and "trainer.run_name=nodeless" in last, last
-    run_id = json.loads((run_dir / "vqct_run.json").read_text())["mlflow_run_id"]
+    assert f"last intact checkpoint {store}/nodeless/checkpoint_" in last and "trainer.run_name=nodeless" in last, last
+    assert not (tmp_path / "runs").exists()
+    run_id = json.loads((tmp_path / "driver" / "vqct-runs" / "team" / "nodeless" / "vqct_run.json").read_text())[
+        "mlflow_run_id"]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert MlflowClient(uri).get_run(run_id).info.status == "FAILED"
 
-    step = max(_intact_steps(run_dir))
-    head, address = start_ray_head(temp_dir)  # a new cluster; the run's storage survived
-    try:
-        resumed = _run(tmp_path, *args[:-4], f"trainer.max_steps={step + 5}", "trainer.checkpoint_every=5",
-                       "trainer.run_name=nodeless", "trainer.resume=true", env={"RAY_ADDRESS": address})
+    step = max(_stored_steps(store, "nodeless"))
+    head, address = start_ray_head(temp_dir, env={"VQCT_SCRATCH": str(tmp_path / "new-cluster")})
+    try:  # a new cluster and a new driver scratch: everything comes from the store
+        resumed = _run(tmp_path, *args[:-5], f"trainer.max_steps={step + 5}", "trainer.checkpoint_every=5",
+                       "trainer.run_name=nodeless", "trainer.resume=true", f"trainer.storage_path={store}",
+                       env={"RAY_ADDRESS": address, "VQCT_SCRATCH": str(tmp_path / "driver2")})
     finally:
         stop(head, timeout=60)
+        stop(s3, timeout=10)
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from step {step}" in resumed.stderr
     result = last_json(resumed.stdout)
     assert result["run_id"] == run_id and result["steps"] == step + 5
+    assert result["checkpoint"].startswith(f"{store}/nodeless/checkpoint_")
+    # the workers restored from their node's own scratch (its VQCT_SCRATCH), each rank its own copy
+    restored = tmp_path / "new-cluster"
+    assert sorted(p.name for p in restored.iterdir()) == ["rank0", "rank1"]
+    assert all(list((restored / r / "vqct-runs" / "team" / "nodeless").glob("checkpoint_*")) for r in ("rank0", "rank1"))
     # nothing counted twice: each logged step once in the one MLflow run
     steps = _history_steps(uri, run_id, "loss/rec_l1")
     assert steps == sorted(set(steps)) and steps[-1] == step + 5

@@ -112,8 +112,8 @@ def test_a_target_in_no_accepted_form_is_one_line_and_exit_2(inside, command, ca
     lines = [line for line in err.err.splitlines() if line.strip()]
     assert len(lines) == 1 and err.out == ""
     assert lines[0].startswith("vqct: error: no-such-run: not a trained tokenizer here; give a checkpoint "
-                               "directory (runs/<run>/checkpoint_<time>), a run directory (runs/<run>), a run "
-                               "name, an MLflow run id, models:/<name>/<version>, models:/<name>@<alias>, or an "
+                               "directory (runs/<run>/checkpoint_<time>), a run directory (runs/<run>), either as "
+                               "s3://BUCKET/PREFIX/<run>[/checkpoint_<time>], a run name, an MLflow run id, models:/<name>/<version>, models:/<name>@<alias>, or an "
                                "exported tokenizer directory"), lines[0]
 
 

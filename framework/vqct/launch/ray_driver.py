@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,11 +21,12 @@ from vqct.data.shards import check_reader_count, drop_empty, resolve_shards
 from vqct.errors import TrainingFailed, UserError
 from vqct.launch.cluster_watch import ClusterWatch
 from vqct.launch.ray_connect import connect
-from vqct.launch.runs import choose_run, repair_ray_snapshot
+from vqct.launch.runs import RAY_SNAPSHOT, choose_run, repair_ray_snapshot
 from vqct.launch.signals import interrupt_on_sigterm, on_stop_signal
-from vqct.records.checkpoint_integrity import choose_checkpoint
+from vqct.records.checkpoint_integrity import choose_stored_checkpoint
 from vqct.records.code_manifest import MANIFEST, TOKENIZER_DIR, same_tokenizer
-from vqct.records.run_record import take_stop, write_run
+from vqct.records.run_record import PRIORS_DIR, RUN_FILE, STOP_FILE, take_stop, write_run
+from vqct.records.storage import Storage, run_storage
 from vqct.tracking.mlflow_run import (absolute_uri, close_run, log_config_copy, log_start_metrics, open_run,
                                       tag_checkpoint, worker_env)
 from vqct.tracking.datasets import log_shard_sets
@@ -42,10 +44,18 @@ def _worker_env(cfg: Config | GeneratorConfig) -> dict[str, str]:
     if not cfg.trainer.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"  # no GPU probing (and its warning) on CPU workers
     env.update(worker_env())
+    # An object store's endpoint and credentials, as the driver has them (records/storage.py);
+    # nodes with credentials of their own (an instance role) need none of these. Not
+    # VQCT_SCRATCH: each node keeps its mirror where its own environment says.
+    env.update({k: v for k, v in os.environ.items() if k in _STORE_VARIABLES})
     return env
 
 
-def _trainer(cfg: Config | GeneratorConfig, spec: WorkerSpec, run_name: str, storage: Path):
+_STORE_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+                    "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+def _trainer(cfg: Config | GeneratorConfig, spec: WorkerSpec, run_name: str, storage: Storage):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -61,7 +71,7 @@ def _trainer(cfg: Config | GeneratorConfig, spec: WorkerSpec, run_name: str, sto
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-        run_config=RunConfig(name=run_name, storage_path=str(storage),
+        run_config=RunConfig(name=run_name, **storage.ray_storage(),
                              checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
                              # A lost worker restarts the whole group from the last checkpoint.
                              failure_config=FailureConfig(max_failures=t.max_failures)),
@@ -81,10 +91,10 @@ def train(cfg: Config | GeneratorConfig) -> dict:
         from vqct.text.priors import ensure_priors
 
         path, manifest, built = ensure_priors(cfg, train_urls)
-        priors_dir = str(path)
+        priors_dir = _share_priors(path, storage, run_name)
         print(f"priors {'built' if built else 'reused'}: {path} ({manifest['report']})", file=sys.stderr)
 
-    spec = WorkerSpec(cfg, "", str(storage / run_name), train_urls, val_urls, priors_dir)
+    spec = WorkerSpec(cfg, "", storage.uri(run_name), train_urls, val_urls, priors_dir)
     return _connect_and_fit(spec, storage, previous, len(missing), len(empty))
 
 
@@ -100,18 +110,37 @@ def _shard_sets(cfg, train, val, train_key: str, val_key: str) -> tuple[list[str
     return train_urls, val_urls, missing, empty
 
 
-def _run_place(cfg) -> tuple[Path, str, dict | None]:
+def _share_priors(path: Path, storage: Storage, run_name: str) -> str:
+    """Where the workers find the priors: the driver's cache, or on an object store a copy in
+    the run (a worker on another node cannot read the driver's disk)."""
+    if not storage.remote:
+        return str(path)
+    shutil.copytree(path, storage.local / run_name / PRIORS_DIR, dirs_exist_ok=True)
+    storage.push(f"{run_name}/{PRIORS_DIR}")
+    return storage.uri(f"{run_name}/{PRIORS_DIR}")
+
+
+def _run_place(cfg) -> tuple[Storage, str, dict | None]:
     """(storage, run name, the recorded run when resuming); the tracking URI made absolute."""
     t = cfg.trainer
     cfg.tracking.uri = absolute_uri(cfg.tracking.uri)
-    storage = Path(t.storage_path).expanduser().resolve()
-    run_name, previous = choose_run(storage, cfg.recipe, t.run_name, t.resume)
+    storage = Storage(t.storage_path)
+    if storage.remote:  # the records choose_run reads, into the mirror
+        names = [t.run_name] if t.run_name else storage.list_dirs() if t.resume else []
+        for name in names:
+            storage.pull(f"{name}/{RUN_FILE}")
+    run_name, previous = choose_run(storage.local, cfg.recipe, t.run_name, t.resume)
     if previous:
-        repair_ray_snapshot(storage / run_name)
+        snapshot = f"{run_name}/{RAY_SNAPSHOT}"
+        storage.pull(snapshot)
+        aside = repair_ray_snapshot(storage.local / run_name, storage.list_dirs(run_name))
+        if aside and storage.remote:
+            storage.push(f"{run_name}/{aside.name}")
+            storage.delete(snapshot)
     return storage, run_name, previous
 
 
-def _connect_and_fit(spec: WorkerSpec, storage: Path, previous: dict | None, missing: int, empty: int) -> dict:
+def _connect_and_fit(spec: WorkerSpec, storage: Storage, previous: dict | None, missing: int, empty: int) -> dict:
     t = spec.config.trainer
     connected = connect(t.num_workers * t.cpus_per_worker, _worker_env(spec.config))
     interrupt_on_sigterm()
@@ -133,7 +162,7 @@ def _train_generator(cfg: GeneratorConfig) -> dict:
     storage, run_name, previous = _run_place(cfg)
     code_set = {"layout": identity["layout"], "digest": identity["digest"],
                 "tokenizer_dir": str((Path(train_dirs[0]) / TOKENIZER_DIR).resolve())}
-    spec = WorkerSpec(cfg, "", str(storage / run_name), train_urls, val_urls, code_set=code_set)
+    spec = WorkerSpec(cfg, "", storage.uri(run_name), train_urls, val_urls, code_set=code_set)
     return _connect_and_fit(spec, storage, previous, len(missing), len(empty))
 
 
@@ -147,10 +176,18 @@ def _code_dirs(spec, what: str) -> list[str]:
     return [str(Path(d).resolve()) for d in dirs]
 
 
-def _where_to_resume(run_dir: Path) -> str:
-    checkpoint, _ = choose_checkpoint(run_dir)
-    kept = f"last intact checkpoint {checkpoint}" if checkpoint else "no checkpoint was saved yet"
-    return f"{kept}; resume with trainer.resume=true trainer.run_name={run_dir.name}"
+def _where_to_resume(storage: Storage, run_name: str) -> str:
+    checkpoint, _ = choose_stored_checkpoint(storage, run_name)
+    kept = (f"last intact checkpoint {storage.uri(f'{run_name}/{checkpoint.name}')}" if checkpoint
+            else "no checkpoint was saved yet")
+    return f"{kept}; resume with trainer.resume=true trainer.run_name={run_name}"
+
+
+def _take_stop(storage: Storage, run_name: str) -> dict | None:
+    storage.pull(f"{run_name}/{STOP_FILE}")
+    stop = take_stop(storage.local / run_name)
+    storage.delete(f"{run_name}/{STOP_FILE}")
+    return stop
 
 
 def _worker_errors(exc: BaseException) -> str:
@@ -174,7 +211,8 @@ def _worker_errors(exc: BaseException) -> str:
 
 def _tell_job_script(run_dir: Path) -> None:
     """Where the run lives, for a job script's teardown: `vqct mark-killed` then closes an MLflow
-    run that the driver could not (cluster/slurm/vqct_ray.sbatch sets VQCT_RUN_DIR_FILE)."""
+    run that the driver could not (cluster/slurm/vqct_ray.sbatch sets VQCT_RUN_DIR_FILE). On an
+    object store: the mirror, which holds the run record mark-killed reads."""
     pointer = os.environ.get("VQCT_RUN_DIR_FILE")
     if pointer:
         Path(pointer).write_text(str(run_dir.resolve()))
@@ -192,11 +230,11 @@ def _cluster_watch(t) -> ClusterWatch | _NoWatch:
     return ClusterWatch(t.num_workers * t.cpus_per_worker, t.num_workers if t.use_gpu else 0, t.node_wait_s)
 
 
-def _fit(spec: WorkerSpec, storage: Path, previous: dict | None, missing_shards: int,
+def _fit(spec: WorkerSpec, storage: Storage, previous: dict | None, missing_shards: int,
          empty_shards: int) -> RunSummary | GeneratorSummary:
     """Open (or reopen) the MLflow run, run the workers, close the run, register the model.
     SPEC's MLflow run id is filled in here."""
-    cfg, run_name = spec.config, Path(spec.run_dir).name
+    cfg, run_name = spec.config, run_storage(spec.run_dir)[1]
     uri = cfg.tracking.uri
     try:
         run_id = open_run(cfg, run_name, previous["mlflow_run_id"] if previous else None)
@@ -206,15 +244,16 @@ def _fit(spec: WorkerSpec, storage: Path, previous: dict | None, missing_shards:
                         "tracking server or point tracking.uri at a reachable store") from None
     if previous:
         log_config_copy(uri, run_id, cfg, f"resolved_resume_to_step{cfg.trainer.max_steps}.yaml")
-    write_run(storage / run_name, {"mlflow_run_id": run_id, "recipe": cfg.recipe,
-                                   "config_hash": config_hash(cfg), "tracking_uri": uri})
-    _tell_job_script(storage / run_name)
+    write_run(storage.local / run_name, {"mlflow_run_id": run_id, "recipe": cfg.recipe,
+                                         "config_hash": config_hash(cfg), "tracking_uri": uri})
+    storage.push(f"{run_name}/{RUN_FILE}")
+    _tell_job_script(storage.local / run_name)
     if not previous:  # once per run: step 0 has one value
         log_start_metrics(uri, run_id, {"data/missing_shards": missing_shards, "data/empty_shards": empty_shards,
                                         "data/train_shards": len(spec.train_urls)})
         log_shard_sets(uri, run_id, cfg.recipe, spec.train_urls, spec.val_urls)
     print(f"run {run_name}: MLflow run {run_id} at {uri}", file=sys.stderr)
-    take_stop(storage / run_name)  # a stop left by an earlier attempt is history now
+    _take_stop(storage, run_name)  # a stop left by an earlier attempt is history now
     spec = dataclasses.replace(spec, mlflow_run_id=run_id)
     watch = _cluster_watch(cfg.trainer)
     try:
@@ -227,25 +266,29 @@ def _fit(spec: WorkerSpec, storage: Path, previous: dict | None, missing_shards:
         if watch.lost:  # the watch stopped it: a failure, not the user's stop
             close_run(uri, run_id, "FAILED")
             raise TrainingFailed(f"training run {run_name} stopped: {watch.lost}; "
-                                 f"{_where_to_resume(storage / run_name)}") from None
+                                 f"{_where_to_resume(storage, run_name)}") from None
         close_run(uri, run_id, "KILLED" if interrupted else "FAILED")
         if interrupted:
-            print(f"stopped: {_where_to_resume(storage / run_name)}", file=sys.stderr)
+            print(f"stopped: {_where_to_resume(storage, run_name)}", file=sys.stderr)
             raise KeyboardInterrupt from None
         raise TrainingFailed(f"training run {run_name} failed: {_worker_errors(exc)}; "
-                             f"{_where_to_resume(storage / run_name)}") from exc
-    stopped = take_stop(storage / run_name)
+                             f"{_where_to_resume(storage, run_name)}") from exc
+    stopped = _take_stop(storage, run_name)
     if stopped:
         close_run(uri, run_id, "FAILED")
         raise TrainingFailed(f"training run {run_name} stopped at step {stopped['step']}: {stopped['reason']}; "
-                             f"{_where_to_resume(storage / run_name)}")
+                             f"{_where_to_resume(storage, run_name)}")
     close_run(uri, run_id, "FINISHED")
-    checkpoint = result.checkpoint.path if result.checkpoint else None
+    checkpoint, local = None, None
+    if result.checkpoint:  # Ray's path is the store's key on an object store: name it and pull it
+        name = Path(result.checkpoint.path).name
+        checkpoint = storage.uri(f"{run_name}/{name}") if storage.remote else result.checkpoint.path
+        local = str(storage.pull(f"{run_name}/{name}")) if storage.remote else checkpoint
     tag_checkpoint(uri, run_id, checkpoint)
     if isinstance(cfg, GeneratorConfig):
         summary, version = GeneratorSummary.from_json(result.metrics or {}), register_generator(uri, run_id, cfg,
-                                                                                                 checkpoint)
+                                                                                                 local)
     else:
-        summary, version = RunSummary.from_json(result.metrics or {}), register_run(uri, run_id, cfg, checkpoint)
+        summary, version = RunSummary.from_json(result.metrics or {}), register_run(uri, run_id, cfg, local)
     return dataclasses.replace(summary, run_id=run_id, run_name=run_name, recipe=cfg.recipe, family=cfg.family,
                                seed=cfg.seed, checkpoint=checkpoint, model_version=version, tracking_uri=uri)

@@ -39,23 +39,29 @@ def choose_run(storage: Path, recipe: str, run_name: str | None, resume: bool) -
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
-def repair_ray_snapshot(run_dir: Path) -> None:
+def repair_ray_snapshot(run_dir: Path, present: list[str] | None = None) -> Path | None:
     """Ray Train restores a run from its checkpoint snapshot, which it writes in place: a
     driver killed mid-write leaves it truncated, and a checkpoint it lists may be gone.
     Either would stop the resume inside Ray, so move such a snapshot aside; the workers
-    then find the newest intact checkpoint by themselves (train/checkpoint_integrity.py)."""
+    then find the newest intact checkpoint by themselves (train/checkpoint_integrity.py).
+    PRESENT: the run's checkpoint names (default: the directories beside the snapshot).
+    Returns where it moved the snapshot, or None."""
     path = run_dir / RAY_SNAPSHOT
     if not path.is_file():
-        return
+        return None
+    if present is None:
+        present = [p.name for p in run_dir.iterdir() if p.is_dir()]
     try:
         snapshot = json.loads(path.read_text())
         listed = [r["checkpoint_dir_name"] for r in snapshot.get("checkpoint_results", [])]
-        missing = [name for name in listed if not (run_dir / name).is_dir()]
+        missing = [name for name in listed if name not in present]
         problem = f"lists missing checkpoint {missing[0]}" if missing else None
     except (ValueError, KeyError, TypeError) as exc:
         problem = f"is unreadable ({type(exc).__name__})"
-    if problem:
-        aside = path.with_name(f"{RAY_SNAPSHOT}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-        path.rename(aside)
-        print(f"warning: Ray Train's snapshot {path} {problem}; moved to {aside.name}, "
-              "resuming from the newest intact checkpoint instead", file=sys.stderr)
+    if not problem:
+        return None
+    aside = path.with_name(f"{RAY_SNAPSHOT}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.rename(aside)
+    print(f"warning: Ray Train's snapshot {path} {problem}; moved to {aside.name}, "
+          "resuming from the newest intact checkpoint instead", file=sys.stderr)
+    return aside

@@ -93,3 +93,22 @@ def choose_checkpoint(run_dir: Path, preferred: Path | None = None) -> tuple[Pat
         except DamagedCheckpoint as exc:
             rejected.append(f"checkpoint {candidate.name} is damaged ({exc}): skipped")
     return None, rejected
+
+
+def choose_stored_checkpoint(storage, run_name: str, preferred: Path | None = None) -> tuple[Path | None, list[str]]:
+    """choose_checkpoint over run RUN_NAME of STORAGE (records/storage.py). In an object store
+    each candidate, newest step first, is pulled into the mirror and verified there; the
+    local path of the one taken."""
+    if not storage.remote:
+        return choose_checkpoint(storage.local / run_name, preferred)
+    names = [n for n in storage.list_dirs(run_name) if n.startswith(CHECKPOINT_PREFIX)]
+    steps = {n: _step_of(storage.pull(f"{run_name}/{n}/{STATE_FILE}").parent) for n in names}
+    rejected = []
+    for name in sorted(names, key=lambda n: (steps[n], n), reverse=True):
+        candidate = storage.pull(f"{run_name}/{name}")
+        try:
+            verify_checkpoint(candidate)
+            return candidate, rejected
+        except DamagedCheckpoint as exc:
+            rejected.append(f"checkpoint {name} is damaged ({exc}): skipped")
+    return None, rejected

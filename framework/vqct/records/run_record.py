@@ -11,6 +11,7 @@ from vqct.files import atomic_write_text
 
 RUN_FILE = "vqct_run.json"
 STOP_FILE = "vqct_stopped.json"
+PRIORS_DIR = "priors"  # on an object store, the run's copy of the text priors its workers load
 
 
 def is_run_dir(path: Path) -> bool:
@@ -28,6 +29,7 @@ def write_run(run_dir: Path, info: dict) -> None:
 
 def write_stop(run_dir: Path, step: int, reason: str) -> None:
     """Rank 0: the run stopped for a reason a retry would repeat (see errors.RunStopped)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / STOP_FILE, json.dumps({"step": step, "reason": reason}))
 
 

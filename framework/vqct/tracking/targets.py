@@ -3,6 +3,8 @@
 
 - a checkpoint directory: runs/<run>/checkpoint_<time> (the whole model, alignment heads included);
 - a run directory: runs/<run> (its newest intact checkpoint, as a resumed run takes);
+- either in an object store: s3://BUCKET/PREFIX/<run>[/checkpoint_<time>] (pulled into the
+  node-local mirror, records/storage.py);
 - a run name: <run>, under the default storage (runs/) or as the `vqct.run_name` tag of an
   MLflow run in the tracking store;
 - an MLflow run id (32 hex digits): the checkpoint its run was tagged with;
@@ -24,12 +26,14 @@ from pathlib import Path
 
 from vqct.config.schema import TrainerConfig, tracking_uri
 from vqct.errors import UserError
-from vqct.records.checkpoint_integrity import STATE_FILE, choose_checkpoint
-from vqct.records.run_record import is_run_dir, read_run
+from vqct.records.checkpoint_integrity import STATE_FILE, choose_checkpoint, choose_stored_checkpoint
+from vqct.records.run_record import RUN_FILE, is_run_dir, read_run
+from vqct.records.storage import is_remote, split_run_uri
 from vqct.records.tags import RUN_CHECKPOINT_TAG, VERSION_CHECKPOINT_TAG
 from vqct.tokenizer.pretrained import CONFIG_FILE
 
-ACCEPTED = ("a checkpoint directory (runs/<run>/checkpoint_<time>), a run directory (runs/<run>), a run name, "
+ACCEPTED = ("a checkpoint directory (runs/<run>/checkpoint_<time>), a run directory (runs/<run>), either as "
+            "s3://BUCKET/PREFIX/<run>[/checkpoint_<time>], a run name, "
             "an MLflow run id, models:/<name>/<version>, models:/<name>@<alias>, or an exported tokenizer "
             "directory (vqct export)")
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -69,6 +73,8 @@ def resolve_tokenizer(target: str, uri: str | None = None) -> TokenizerTarget:
     target = str(target)
     if target.startswith("models:/"):
         return _from_model_uri(target, uri)
+    if is_remote(target):
+        return _from_store(target)
     path = Path(target).expanduser()
     if path.is_dir():
         return _from_directory(path, target)
@@ -84,6 +90,25 @@ def resolve_tokenizer(target: str, uri: str | None = None) -> TokenizerTarget:
         if run_id:
             return _from_run_id(run_id, tracking_uri(uri), "run_name")
     raise UserError(f"{target}: not a trained tokenizer here; give {ACCEPTED}")
+
+
+def _from_store(target: str) -> TokenizerTarget:
+    """s3://BUCKET/PREFIX/RUN[/checkpoint_<time>]: the checkpoint (a run's newest intact one)
+    pulled with the run's record into the node-local mirror (records/storage.py)."""
+    storage, rel = split_run_uri(target)
+    run = rel.split("/")[0]
+    storage.pull(f"{run}/{RUN_FILE}")
+    if "/" in rel:
+        local = storage.pull(rel)
+        if not local.is_dir():
+            raise UserError(f"{target}: no such checkpoint in the object store")
+        return _from_directory(local, target)
+    latest, _ = choose_stored_checkpoint(storage, run)
+    if latest is None:
+        raise UserError(f"{target}: no run with an intact checkpoint there; give s3://BUCKET/PREFIX/RUN")
+    found = _from_directory(latest, target)
+    found.form = "run_dir"
+    return found
 
 
 def _from_directory(path: Path, target: str) -> TokenizerTarget:
@@ -138,6 +163,10 @@ def _from_run_id(run_id: str, uri: str, form: str) -> TokenizerTarget:
         storage, name = run.data.params.get("trainer.storage_path"), run.data.tags.get(_RUN_NAME_TAG)
         latest = choose_checkpoint(Path(storage) / name)[0] if storage and name else None
         checkpoint = str(latest) if latest else None
+    if checkpoint and is_remote(checkpoint):  # a run whose storage is an object store
+        found = _from_store(checkpoint)
+        found.form, found.run_id, found.tracking_uri = form, run_id, uri
+        return found
     if not checkpoint or not Path(checkpoint).is_dir():
         raise UserError(f"MLflow run {run_id}: its checkpoint ({checkpoint}) is not on this machine; "
                         "pass the checkpoint directory instead")

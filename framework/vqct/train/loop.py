@@ -28,9 +28,10 @@ from vqct.eval.reconstruction import evaluate_reconstruction, to_unit
 from vqct.models.discriminator import PatchDiscriminator
 from vqct.models.losses import build_perceptual
 from vqct.quantize import as_metrics
-from vqct.records.checkpoint_integrity import choose_checkpoint
+from vqct.records.checkpoint_integrity import choose_stored_checkpoint
 from vqct.records.deepspeed_files import zero_sharded
-from vqct.records.run_record import write_stop
+from vqct.records.run_record import PRIORS_DIR, STOP_FILE, write_stop
+from vqct.records.storage import is_remote, run_storage
 from vqct.seeds import mask_seed, rank_seed
 from vqct.text.priors import load_priors
 from vqct.tokenizer import build_tokenizer
@@ -136,7 +137,7 @@ class Worker:
     def __init__(self, spec: WorkerSpec, rank: int, world: int):
         self._join(spec, rank, world)
         cfg = self.cfg
-        priors = load_priors(spec.priors_dir) if spec.priors_dir else None
+        priors = load_priors(self._priors_dir(spec.priors_dir)) if spec.priors_dir else None
         self.text_encoder = None
         if cfg.align.enabled:  # frozen, outside the engines; the same model the priors use
             from vqct.text.encoders import TextEncoder
@@ -170,7 +171,9 @@ class Worker:
 
         self.spec, self.cfg = spec, spec.config
         self.rank, self.world = rank, world
-        self.run_dir = Path(spec.run_dir)
+        # each rank pulls from an object store into a mirror of its own: ranks share nodes
+        self.storage, self.run_name = run_storage(spec.run_dir, mirror=f"rank{rank}")
+        self.run_dir = self.storage.local / self.run_name
         torch.set_num_threads(max(1, self.cfg.trainer.cpus_per_worker))
         self.device = worker_device(self.cfg.trainer.use_gpu)
         if self.device.type == "cpu" and self.cfg.trainer.keep_host_memory:
@@ -183,14 +186,22 @@ class Worker:
         """Ray's latest checkpoint if intact, else the newest intact one of the run; rank 0
         decides (and says what it passed over) so that every rank loads the same."""
         choice: list = [None]
-        if self.rank == 0:
-            path, rejected = choose_checkpoint(self.run_dir, _ray_latest_checkpoint())
+        remote = self.storage.remote
+        if self.rank == 0:  # Ray's latest, on an object store, is a key there: the scan lists it anyway
+            path, rejected = choose_stored_checkpoint(self.storage, self.run_name,
+                                                      None if remote else _ray_latest_checkpoint())
             for line in rejected:
                 print(f"warning: {line}", file=sys.stderr)
             choice = [str(path) if path else None]
         if dist.is_initialized():
             dist.broadcast_object_list(choice, src=0)
+        if choice[0] and remote and self.rank != 0:  # rank 0 verified it; the others pull their copy
+            return self.storage.pull(f"{self.run_name}/{Path(choice[0]).name}")
         return Path(choice[0]) if choice[0] else None
+
+    def _priors_dir(self, priors_dir: str) -> Path:
+        """The driver's priors cache, or on an object store the run's copy, pulled."""
+        return self.storage.pull(f"{self.run_name}/{PRIORS_DIR}") if is_remote(priors_dir) else Path(priors_dir)
 
     def _engine_settings(self) -> TrainerConfig:
         """cfg.trainer with the ZeRO stage these engines run (train/engines.py: zero_stage_for)."""
@@ -365,6 +376,7 @@ class Worker:
             if self.rank == 0:
                 self.logger.log(self.state.guard.metrics(), self.state.step, force=True)
                 write_stop(self.run_dir, self.state.step, _last_line(str(exc)))
+                self.storage.push(f"{self.run_name}/{STOP_FILE}")
         finally:
             if progress:
                 progress.close()
