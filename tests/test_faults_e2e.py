@@ -261,10 +261,17 @@ def test_a_lost_node_that_never_returns_stops_the_run_after_node_wait_and_it_res
     scratch, the run's storage an S3 API server. The second node's raylet is killed by PID
     after a checkpoint. Ray Train alone would retry starting the group forever: the run stops
     after trainer.node_wait_s, and resumes in the same MLflow run on a new cluster."""
+    s3, endpoint = start_s3_server(tmp_path)
+    try:
+        _lose_a_node_then_resume(tmp_path, shapes_dir, monkeypatch, endpoint)
+    finally:
+        stop(s3, timeout=10)
+
+
+def _lose_a_node_then_resume(tmp_path, shapes_dir, monkeypatch, endpoint):
     import boto3
     from mlflow.tracking import MlflowClient
 
-    s3, endpoint = start_s3_server(tmp_path)
     store_env = s3_env(endpoint)
     for key, value in {**store_env, "VQCT_SCRATCH": str(tmp_path / "driver")}.items():
         monkeypatch.setenv(key, value)
@@ -313,7 +320,6 @@ def test_a_lost_node_that_never_returns_stops_the_run_after_node_wait_and_it_res
                        env={"RAY_ADDRESS": address, "VQCT_SCRATCH": str(tmp_path / "driver2")})
     finally:
         stop(head, timeout=60)
-        stop(s3, timeout=10)
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from step {step}" in resumed.stderr
