@@ -85,14 +85,7 @@ def checkpoints_newest_first(run_dir: Path, preferred: Path | None = None) -> li
 
 def choose_checkpoint(run_dir: Path, preferred: Path | None = None) -> tuple[Path | None, list[str]]:
     """The newest intact checkpoint (or None) and one line per damaged one passed over."""
-    rejected = []
-    for candidate in checkpoints_newest_first(run_dir, preferred):
-        try:
-            verify_checkpoint(candidate)
-            return candidate, rejected
-        except DamagedCheckpoint as exc:
-            rejected.append(f"checkpoint {candidate.name} is damaged ({exc}): skipped")
-    return None, rejected
+    return _first_intact(checkpoints_newest_first(run_dir, preferred))
 
 
 def choose_stored_checkpoint(storage, run_name: str, preferred: Path | None = None) -> tuple[Path | None, list[str]]:
@@ -103,12 +96,16 @@ def choose_stored_checkpoint(storage, run_name: str, preferred: Path | None = No
         return choose_checkpoint(storage.local / run_name, preferred)
     names = [n for n in storage.list_dirs(run_name) if n.startswith(CHECKPOINT_PREFIX)]
     steps = {n: _step_of(storage.pull(f"{run_name}/{n}/{STATE_FILE}").parent) for n in names}
+    newest_first = sorted(names, key=lambda n: (steps[n], n), reverse=True)
+    return _first_intact(storage.pull(f"{run_name}/{name}") for name in newest_first)  # pulled one at a time
+
+
+def _first_intact(candidates) -> tuple[Path | None, list[str]]:
     rejected = []
-    for name in sorted(names, key=lambda n: (steps[n], n), reverse=True):
-        candidate = storage.pull(f"{run_name}/{name}")
+    for candidate in candidates:
         try:
             verify_checkpoint(candidate)
             return candidate, rejected
         except DamagedCheckpoint as exc:
-            rejected.append(f"checkpoint {name} is damaged ({exc}): skipped")
+            rejected.append(f"checkpoint {candidate.name} is damaged ({exc}): skipped")
     return None, rejected
