@@ -116,6 +116,37 @@ def test_exactly_once_per_epoch_over_two_ranks_and_two_workers(shapes_dir, monke
     assert Counter(seen) == Counter(expected)  # every sample once, none twice
 
 
+@pytest.mark.e2e  # starts a server
+def test_shards_in_an_object_store_are_read_exactly_once_too(shapes_dir, monkeypatch, tmp_path):
+    """s3://BUCKET/PREFIX (moto's S3 API server): its .tar objects, listed and read through
+    pyarrow in every reader process, give each sample once over two ranks and two workers."""
+    import boto3
+
+    from servers import s3_env, start_s3_server, stop
+
+    server, endpoint = start_s3_server(tmp_path)
+    try:
+        for key, value in s3_env(endpoint).items():
+            monkeypatch.setenv(key, value)
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket="shards")
+        local = resolve_shards(str(shapes_dir / "train"))
+        for url in local:
+            client.upload_file(url, "shards", f"shapes/train/{Path(url).name}")
+        client.put_object(Bucket="shards", Key="shapes/train/notes.txt", Body=b"not a shard")
+        urls = resolve_shards("s3://shards/shapes/train")
+        assert urls == [f"s3://shards/shapes/train/{Path(u).name}" for u in local]
+        expected = {s["__key__"] for s in wds.WebDataset(local, shardshuffle=False)}
+        seen = []
+        for rank in range(2):
+            _set_rank(monkeypatch, rank, 2)
+            stream = ImageCaptionStream(urls, image_size=16, seed=1, shuffle_buffer=20, epochs=1)
+            seen.extend(_keys(Loader(stream, batch_size=1, num_workers=2)))
+        assert Counter(seen) == Counter(expected) and len(seen) == 240
+    finally:
+        stop(server, timeout=10)
+
+
 def test_uneven_shards_give_equal_step_counts(shapes_dir, monkeypatch):
     # 3 shards of 44, 44 and 20 samples over 2 ranks: rank 0 holds 2 shards, rank 1 one.
     urls = resolve_shards(str(shapes_dir / "train"))

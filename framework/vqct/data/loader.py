@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from vqct.config.schema import DataConfig
 from vqct.data.decode import BadSample, decode_sample
+from vqct.records.storage import enable_s3_shards
 
 SKIP_KINDS = ("tar_error", "missing_image", "bad_image", "missing_caption", "bad_caption")
 
@@ -82,6 +83,7 @@ def _open_shards(handler: _NotingHandler):
     read, and a fetch that failed (curl's exit status, a pipe command's) goes to HANDLER, so
     that a shard that cannot be fetched is counted (once) instead of reading as an empty one."""
     def stage(shards):
+        enable_s3_shards()  # here: the stage runs in each reader process
         for shard in shards:
             url = shard["url"]
             try:

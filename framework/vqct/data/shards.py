@@ -1,8 +1,9 @@
 """Turn a user's shard specification into a list of URLs webdataset can open.
 
 Accepted: a directory (its *.tar files), a brace pattern (`shards-{000000..000099}.tar`),
-a glob, a single file, a list of any of these, and the remote URLs webdataset opens
-itself (`pipe:...`, `http(s)://`, `s3://` through pipe). Local paths are checked here so
+a glob, a single file, a list of any of these, the remote URLs webdataset opens itself
+(`pipe:...`, `http(s)://`), and `s3://BUCKET/PREFIX` (a prefix: its .tar objects; or a brace
+pattern), read through the object store of records/storage.py. Local paths are checked here so
 that a wrong path fails at start, not inside a worker.
 """
 
@@ -20,6 +21,17 @@ from braceexpand import braceexpand
 from vqct.errors import UserError
 
 _SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+S3 = "s3://"
+
+
+def _s3_prefix(spec: str) -> list[str]:
+    """s3://BUCKET/PREFIX -> the shard objects under it, sorted."""
+    from pyarrow import fs
+
+    from vqct.records.storage import s3_filesystem
+
+    found = s3_filesystem().get_file_info(fs.FileSelector(spec[len(S3):].rstrip("/"), allow_not_found=True))
+    return sorted(S3 + i.path for i in found if i.type == fs.FileType.File and i.path.endswith(_SHARD_SUFFIXES))
 
 
 def is_remote(url: str) -> bool:
@@ -28,6 +40,8 @@ def is_remote(url: str) -> bool:
 
 def _expand_one(spec: str) -> list[str]:
     spec = os.path.expanduser(spec.removeprefix("file://"))
+    if spec.startswith(S3) and not spec.endswith(_SHARD_SUFFIXES) and "{" not in spec:
+        return _s3_prefix(spec)
     if is_remote(spec):
         return list(braceexpand(spec))
     # Absolute paths: Ray workers run in a directory of their own, not the driver's.

@@ -137,3 +137,16 @@ def split_run_uri(target: str) -> tuple[Storage, str]:
 
         raise UserError(f"{target}: give s3://BUCKET/PREFIX/RUN or s3://BUCKET/PREFIX/RUN/checkpoint_<time>")
     return Storage(SCHEME + "/".join(parts[:cut])), "/".join(parts[cut:])
+
+
+def _open_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_):
+    """An s3:// shard as a stream: webdataset has no opener for the scheme (its own list:
+    pipe, http(s), gs, sftp, ...), so read the object through pyarrow with the AWS variables."""
+    return s3_filesystem().open_input_stream(url[len(SCHEME):])
+
+
+def enable_s3_shards() -> None:
+    """Teach this process's webdataset to open s3:// shards (idempotent; each reader calls it)."""
+    import importlib
+
+    importlib.import_module("webdataset.gopen").gopen_schemes.setdefault("s3", _open_s3)

@@ -62,6 +62,9 @@ def read_captions(urls: list[str], limit: int) -> list[str]:
     import webdataset as wds
     from tqdm import tqdm
 
+    from vqct.records.storage import enable_s3_shards
+
+    enable_s3_shards()
     captions = []
     dataset = wds.WebDataset(urls, shardshuffle=False, handler=wds.warn_and_continue, empty_check=False)
     with tqdm(total=limit, desc="captions", unit="cap", file=sys.stderr, mininterval=2.0) as bar:
