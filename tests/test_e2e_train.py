@@ -185,11 +185,16 @@ def test_train_zero3_bf16_grad_accum_on_an_existing_cluster(tmp_path, shapes_dir
     assert _history(result["tracking_uri"], result["run_id"], "data/train_shards") == [(0, 7.0)]
 
 
-def test_vqct_shapes_with_real_minilm_and_spacy(tmp_path, shapes_dir):
+def test_vqct_shapes_with_real_minilm_and_spacy(tmp_path, shapes_dir, s3_store):
+    """Its run lives in an object store: the workers load the run's copy of the priors, and
+    `vqct tokenize` and `vqct export` read the s3:// checkpoint from mirrors of their own."""
     result, log = _train(tmp_path, shapes_dir, "trainer.max_steps=12", "trainer.checkpoint_every=12",
                          "loss.disc_start=6", "trainer.image_every=12", f"text.priors_dir={tmp_path}/priors",
-                         "text.adjectives=32", "text.nouns=32", recipe="vqct_shapes")
+                         "text.adjectives=32", "text.nouns=32", recipe="vqct_shapes", storage="s3://vqct-runs/vqct",
+                         env={**s3_store, "VQCT_SCRATCH": f"{tmp_path}/node1"})
     assert "priors built" in log
+    assert result["checkpoint"].startswith(f"s3://vqct-runs/vqct/{result['run_name']}/checkpoint_")
+    assert f"vqct/{result['run_name']}/priors/manifest.json" in _keys(s3_store, "vqct/")
     assert result["family"] == "vqct" and result["steps"] == 12
     for key in ("codebook_usage", "codebook_usage_adj", "codebook_usage_noun", "perplexity_adj", "perplexity_noun"):
         assert result[key] is not None and result[key] > 0, key
@@ -205,7 +210,7 @@ def test_vqct_shapes_with_real_minilm_and_spacy(tmp_path, shapes_dir):
     proc = subprocess.run(vqct_cmd() + ["tokenize", result["checkpoint"], "--data", f"{shapes_dir}/val",
                                         "--out", str(tmp_path / "tokens"), "--batch-size", "16"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+                          env=dict(os.environ, PYTHONPATH=str(REPO), **s3_store, VQCT_SCRATCH=f"{tmp_path}/node2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = last_json(proc.stdout)
     assert summary["images"] == 60 and summary["files"] == 1
@@ -220,7 +225,7 @@ def test_vqct_shapes_with_real_minilm_and_spacy(tmp_path, shapes_dir):
     # The exported tokenizer directory gives the same tokens without DeepSpeed, priors or text model.
     proc = subprocess.run(vqct_cmd() + ["export", result["checkpoint"], "--out", str(tmp_path / "tok")],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+                          env=dict(os.environ, PYTHONPATH=str(REPO), **s3_store, VQCT_SCRATCH=f"{tmp_path}/node3"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     exported = last_json(proc.stdout)
     assert exported["codes"] == 64 and exported["files"] == ["config.json", "model.safetensors"]

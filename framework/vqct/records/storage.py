@@ -97,7 +97,8 @@ class Storage:
         elif local.exists():
             local.unlink()
         if kind in (fs.FileType.File, fs.FileType.Directory):
-            local.parent.mkdir(parents=True, exist_ok=True)
+            # pyarrow makes the subdirectories it meets, not a directory's own destination
+            (local if kind == fs.FileType.Directory else local.parent).mkdir(parents=True, exist_ok=True)
             fs.copy_files(self._key(rel), str(local), source_filesystem=self.fs,
                           destination_filesystem=fs.LocalFileSystem())
         return local
@@ -125,6 +126,15 @@ def run_storage(run_dir: str, mirror: str = "") -> tuple[Storage, str]:
     """A run directory (a path or s3://BUCKET/PREFIX/RUN) -> (its storage, the run's name)."""
     parent, _, name = str(run_dir).rstrip("/").rpartition("/")
     return Storage(parent or ".", mirror), name
+
+
+def local_copy(location: str, mirror: str = "") -> Path:
+    """A file or directory by its location: a local path as it is, an s3:// one pulled into
+    the mirror first."""
+    if not is_remote(location):
+        return Path(location)
+    storage, name = run_storage(location, mirror)
+    return storage.pull(name)
 
 
 def split_run_uri(target: str) -> tuple[Storage, str]:

@@ -17,6 +17,7 @@ from vqct.config.typed import config_from_dict
 from vqct.errors import UserError
 from vqct.records.checkpoint_integrity import STATE_FILE, DamagedCheckpoint, read_state
 from vqct.records.deepspeed_files import fp32_weights
+from vqct.records.storage import local_copy
 from vqct.tokenizer.model import VQTokenizer, build_quantizer, build_tokenizer
 
 
@@ -61,7 +62,7 @@ def load_tokenizer(checkpoint: str | Path, device: str | torch.device = "cpu",
     if isinstance(cfg.quantizer, VQCTConfig):
         from vqct.text.priors import load_priors
 
-        priors = load_priors(state["priors_dir"])
+        priors = load_priors(local_copy(state["priors_dir"]))  # the run's copy, on an object store
     if heads:
         if text_encoder is None and cfg.align.enabled:
             from vqct.text.encoders import TextEncoder

@@ -30,8 +30,8 @@ from vqct.models.losses import build_perceptual
 from vqct.quantize import as_metrics
 from vqct.records.checkpoint_integrity import choose_stored_checkpoint
 from vqct.records.deepspeed_files import zero_sharded
-from vqct.records.run_record import PRIORS_DIR, STOP_FILE, write_stop
-from vqct.records.storage import is_remote, run_storage
+from vqct.records.run_record import STOP_FILE, write_stop
+from vqct.records.storage import local_copy, run_storage
 from vqct.seeds import mask_seed, rank_seed
 from vqct.text.priors import load_priors
 from vqct.tokenizer import build_tokenizer
@@ -137,7 +137,7 @@ class Worker:
     def __init__(self, spec: WorkerSpec, rank: int, world: int):
         self._join(spec, rank, world)
         cfg = self.cfg
-        priors = load_priors(self._priors_dir(spec.priors_dir)) if spec.priors_dir else None
+        priors = load_priors(local_copy(spec.priors_dir, mirror=f"rank{rank}")) if spec.priors_dir else None
         self.text_encoder = None
         if cfg.align.enabled:  # frozen, outside the engines; the same model the priors use
             from vqct.text.encoders import TextEncoder
@@ -198,10 +198,6 @@ class Worker:
         if choice[0] and remote and self.rank != 0:  # rank 0 verified it; the others pull their copy
             return self.storage.pull(f"{self.run_name}/{Path(choice[0]).name}")
         return Path(choice[0]) if choice[0] else None
-
-    def _priors_dir(self, priors_dir: str) -> Path:
-        """The driver's priors cache, or on an object store the run's copy, pulled."""
-        return self.storage.pull(f"{self.run_name}/{PRIORS_DIR}") if is_remote(priors_dir) else Path(priors_dir)
 
     def _engine_settings(self) -> TrainerConfig:
         """cfg.trainer with the ZeRO stage these engines run (train/engines.py: zero_stage_for)."""
