@@ -104,14 +104,19 @@ def test_decode_rejects_garbage():
 
 # ---- the loader -------------------------------------------------------------------------------
 
-def test_exactly_once_per_epoch_over_two_ranks_and_two_workers(shapes_dir, monkeypatch):
-    urls = resolve_shards(str(shapes_dir / "train"))
-    expected = {s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False)}
+def _keys_over_two_ranks_and_two_workers(urls, monkeypatch) -> list[str]:
     seen = []
     for rank in range(2):
         _set_rank(monkeypatch, rank, 2)
         stream = ImageCaptionStream(urls, image_size=16, seed=1, shuffle_buffer=20, epochs=1)
         seen.extend(_keys(Loader(stream, batch_size=1, num_workers=2)))
+    return seen
+
+
+def test_exactly_once_per_epoch_over_two_ranks_and_two_workers(shapes_dir, monkeypatch):
+    urls = resolve_shards(str(shapes_dir / "train"))
+    expected = {s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False)}
+    seen = _keys_over_two_ranks_and_two_workers(urls, monkeypatch)
     assert len(seen) == len(expected) == 240
     assert Counter(seen) == Counter(expected)  # every sample once, none twice
 
@@ -137,11 +142,7 @@ def test_shards_in_an_object_store_are_read_exactly_once_too(shapes_dir, monkeyp
         urls = resolve_shards("s3://shards/shapes/train")
         assert urls == [f"s3://shards/shapes/train/{Path(u).name}" for u in local]
         expected = {s["__key__"] for s in wds.WebDataset(local, shardshuffle=False)}
-        seen = []
-        for rank in range(2):
-            _set_rank(monkeypatch, rank, 2)
-            stream = ImageCaptionStream(urls, image_size=16, seed=1, shuffle_buffer=20, epochs=1)
-            seen.extend(_keys(Loader(stream, batch_size=1, num_workers=2)))
+        seen = _keys_over_two_ranks_and_two_workers(urls, monkeypatch)
         assert Counter(seen) == Counter(expected) and len(seen) == 240
     finally:
         stop(server, timeout=10)
