@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -20,9 +19,6 @@ import torch
 
 from vqct.bench.measure import device_name, time_interleaved
 from vqct.config.schema import Config, VQCTConfig
-
-STAGES = (0, 1, 2, 3)
-
 
 class DDPStep:
     """The plain step (bench/plain_step.py) over DDP-wrapped modules: the form a PyTorch user
@@ -97,16 +93,11 @@ def _worker(rank: int, world: int, port: int, cfg: Config, priors_dir: str | Non
     torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def bench_step_ddp(cfg: Config, workers: int, stages: list[int], steps: int, warmup: int,
                    priors_dir: str | None) -> dict:
     import torch.multiprocessing as mp
 
+    from vqct.bench.train_step import free_loopback_port
     from vqct.errors import UserError
 
     if isinstance(cfg.quantizer, VQCTConfig) and not priors_dir:
@@ -117,7 +108,8 @@ def bench_step_ddp(cfg: Config, workers: int, stages: list[int], steps: int, war
     print(f"bench step: {workers} workers, ZeRO {','.join(map(str, stages))} and DDP ...", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "rank0.json")
-        mp.spawn(_worker, args=(workers, _free_port(), cfg, priors_dir, stages, steps, warmup, out), nprocs=workers)
+        mp.spawn(_worker, args=(workers, free_loopback_port(), cfg, priors_dir, stages, steps, warmup, out),
+                 nprocs=workers)
         raw = json.loads(Path(out).read_text())
     ddp_s = raw["seconds"]["ddp"]
     batch = cfg.data.batch_size * workers

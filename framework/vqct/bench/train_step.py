@@ -31,15 +31,19 @@ def scene_batch(batch: int, size: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def init_single_process(use_gpu: bool) -> None:
     import deepspeed
 
     # A world of its own on a free loopback port: a MASTER_PORT inherited from a parent that
     # holds a process group of its own (a test, a training job) is taken already.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_loopback_port()), RANK="0", LOCAL_RANK="0",
+                      WORLD_SIZE="1")
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
 
 
