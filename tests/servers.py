@@ -126,6 +126,15 @@ def s3_env(endpoint: str) -> dict:
     return {**S3_KEYS, "AWS_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint}
 
 
+def s3_client(endpoint: str):
+    """A boto3 client of the test S3 server, with its keys (whatever this process's environment says)."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name=S3_KEYS["AWS_DEFAULT_REGION"],
+                        aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"])
+
+
 def _postgres_bin(name: str) -> str:
     found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
     if not found:
@@ -165,22 +174,27 @@ def stop_postgres(proc: subprocess.Popen, data: str) -> None:
     shutil.rmtree(data, ignore_errors=True)
 
 
+def second_node_args(ports: list[int]) -> list[str]:
+    """`ray start` arguments for a second Ray node on the head's host: six PORTS of its own
+    (node manager first; two nodes' defaults collide) and worker ports above the head's
+    default range (10002-19999) and below the kernel's ephemeral one, so that they never meet."""
+    low = 20000 + (os.getpid() % 50) * 200
+    return ["--node-ip-address=127.0.0.1", f"--node-manager-port={ports[0]}", f"--object-manager-port={ports[1]}",
+            f"--metrics-export-port={ports[2]}", f"--dashboard-agent-listen-port={ports[3]}",
+            f"--dashboard-agent-grpc-port={ports[4]}", f"--runtime-env-agent-port={ports[5]}",
+            f"--min-worker-port={low}", f"--max-worker-port={low + 199}", "--object-store-memory=268435456"]
+
+
 def start_ray_node(temp_dir: str, address: str, cpus: int = 1, env: dict | None = None) -> tuple[subprocess.Popen, int]:
     """A second Ray node on this machine joining the head at ADDRESS: every port of its own
-    (two nodes' defaults collide), its own TEMP_DIR (Ray's scratch, on the head's machine
+    (second_node_args), its own TEMP_DIR (Ray's scratch, on the head's machine
     shared only because it is one machine). Returns (process, its raylet's node-manager port, by which
     raylet_pid finds it) once the raylet listens."""
-    ports = [free_port() for _ in range(6)]  # from the kernel's ephemeral range (32768 and up)
-    # worker ports of its own: above the head's default range (10002-19999), below the
-    # ephemeral one, so that they never meet the ports above
-    low = 20000 + (os.getpid() % 50) * 200
+    ports = [free_port() for _ in range(6)]
     ray = Path(sys.executable).with_name("ray")
     proc = subprocess.Popen(
-        [str(ray), "start", "--block", f"--address={address}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
-         f"--node-manager-port={ports[0]}", f"--object-manager-port={ports[1]}", f"--metrics-export-port={ports[2]}",
-         f"--dashboard-agent-listen-port={ports[3]}", f"--dashboard-agent-grpc-port={ports[4]}",
-         f"--runtime-env-agent-port={ports[5]}", f"--min-worker-port={low}", f"--max-worker-port={low + 199}",
-         "--object-store-memory=268435456", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+        [str(ray), "start", "--block", f"--address={address}", f"--num-cpus={cpus}", *second_node_args(ports),
+         "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         stdout=subprocess.DEVNULL, stderr=open(Path(temp_dir) / "ray_start.log", "w"), start_new_session=True,
         env=dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1", **(env or {})))
     deadline = time.time() + 600  # a safety net: a loaded machine starts it slowly

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO, vqct_cmd
-from servers import s3_env, start_ray_head, start_s3_server, stop
+from servers import s3_client, s3_env, start_ray_head, start_s3_server, stop
 from vqct.records.command_output import last_json
 
 pytestmark = pytest.mark.e2e
@@ -40,25 +40,17 @@ def _history(uri, run_id, key):
 @pytest.fixture
 def s3_store(tmp_path):
     """An S3 API server (moto's) with an empty bucket; yields the environment that reaches it."""
-    import boto3
-
     proc, endpoint = start_s3_server(tmp_path)
     try:
-        env = s3_env(endpoint)
-        boto3.client("s3", endpoint_url=endpoint, region_name=env["AWS_DEFAULT_REGION"],
-                     aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                     aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket="vqct-runs")
-        yield env
+        s3_client(endpoint).create_bucket(Bucket="vqct-runs")
+        yield s3_env(endpoint)
     finally:
         stop(proc, timeout=10)
 
 
 def _keys(env, prefix):
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
-                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket="vqct-runs", Prefix=prefix)
+    listing = s3_client(env["AWS_ENDPOINT_URL"]).get_paginator("list_objects_v2")
+    pages = listing.paginate(Bucket="vqct-runs", Prefix=prefix)
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
