@@ -57,7 +57,8 @@ def _keys(env, prefix):
 def test_train_zero2_then_resume_in_the_same_mlflow_run(tmp_path, shapes_dir, s3_store):
     """The run's storage is an object store (an S3 API server): checkpoints, the run record and
     the resume go through it, each process with a node-local mirror of its own; the resume and
-    `vqct eval` run from empty mirrors, as on a node that shares no disk with the first."""
+    `vqct eval` run from empty mirrors, as on a node that shares no disk with the first; then
+    stage 2 from the same store (_stage2_on_the_store)."""
     from mlflow.tracking import MlflowClient
 
     store = "s3://vqct-runs/team"
@@ -126,6 +127,39 @@ def test_train_zero2_then_resume_in_the_same_mlflow_run(tmp_path, shapes_dir, s3
     assert proc.returncode == 0, proc.stderr[-3000:]
     evaluated = last_json(proc.stdout)
     assert evaluated["checkpoint"].endswith(second["checkpoint"].rsplit("/", 1)[1]) and evaluated["psnr"] > 5
+    _stage2_on_the_store(tmp_path, shapes_dir, s3_store, store)
+
+
+def _stage2_on_the_store(tmp_path, shapes_dir, s3_store, store):
+    """Code shards of the stored run (`vqct data tokenize s3://...`), uploaded to the store; a
+    generator run reads them from there and keeps its run there too, its workers loading the
+    tokenizer from the run's copy (rank 0 decodes sample grids with it), each step on an empty
+    mirror of its own."""
+    from mlflow.tracking import MlflowClient
+
+    def vqct(args, scratch):
+        proc = subprocess.run(vqct_cmd() + args, capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                              env=dict(os.environ, PYTHONPATH=str(REPO), **s3_store, VQCT_SCRATCH=f"{tmp_path}/{scratch}"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return last_json(proc.stdout)
+
+    codes = vqct(["data", "tokenize", f"{store}/e2e", f"{shapes_dir}/train", "--out", "codes"], "node4")
+    assert codes["samples"] == 240
+    client = s3_client(s3_store["AWS_ENDPOINT_URL"])
+    for path in (tmp_path / "codes").rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), "vqct-runs", f"codes/{path.relative_to(tmp_path / 'codes')}")
+    shutil.rmtree(tmp_path / "codes")
+    gen = vqct(["train", "generator_shapes", "data.train_codes=s3://vqct-runs/codes/",
+                "data.val_codes=s3://vqct-runs/codes", "data.batch_size=8", "data.val_batches=1",
+                "condition.tokens=8", "generator.n_layer=1", "generator.n_embd=32", "trainer.max_steps=4",
+                "trainer.checkpoint_every=4", "trainer.image_every=4", "sampling.samples=2", "trainer.run_name=gen",
+                f"trainer.storage_path={store}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"], "node5")
+    assert gen["steps"] == 4 and gen["checkpoint"].startswith(f"{store}/gen/checkpoint_") and gen["model_version"] == "1"
+    assert codes["tokenizer"] in gen["tokenizer"]
+    assert "team/gen/tokenizer/config.json" in _keys(s3_store, "team/gen/tokenizer/")
+    samples = [a.path for a in MlflowClient(gen["tracking_uri"]).list_artifacts(gen["run_id"], "samples")]
+    assert samples == ["samples/samples_step0000004.png"]
 
 
 @pytest.fixture

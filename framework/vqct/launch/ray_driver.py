@@ -26,7 +26,7 @@ from vqct.launch.signals import interrupt_on_sigterm, on_stop_signal
 from vqct.records.checkpoint_integrity import choose_stored_checkpoint
 from vqct.records.code_manifest import MANIFEST, TOKENIZER_DIR, same_tokenizer
 from vqct.records.run_record import PRIORS_DIR, RUN_FILE, STOP_FILE, take_stop, write_run
-from vqct.records.storage import Storage, run_storage
+from vqct.records.storage import Storage, is_remote, local_copy, run_storage
 from vqct.tracking.mlflow_run import (absolute_uri, close_run, log_config_copy, log_start_metrics, open_run,
                                       tag_checkpoint, worker_env)
 from vqct.tracking.datasets import log_shard_sets
@@ -91,7 +91,7 @@ def train(cfg: Config | GeneratorConfig) -> dict:
         from vqct.text.priors import ensure_priors
 
         path, manifest, built = ensure_priors(cfg, train_urls)
-        priors_dir = _share_priors(path, storage, run_name)
+        priors_dir = _share_dir(path, storage, run_name, PRIORS_DIR)
         print(f"priors {'built' if built else 'reused'}: {path} ({manifest['report']})", file=sys.stderr)
 
     spec = WorkerSpec(cfg, "", storage.uri(run_name), train_urls, val_urls, priors_dir)
@@ -110,14 +110,15 @@ def _shard_sets(cfg, train, val, train_key: str, val_key: str) -> tuple[list[str
     return train_urls, val_urls, missing, empty
 
 
-def _share_priors(path: Path, storage: Storage, run_name: str) -> str:
-    """Where the workers find the priors: the driver's cache, or on an object store a copy in
-    the run (a worker on another node cannot read the driver's disk)."""
+def _share_dir(source: str | Path, storage: Storage, run_name: str, rel: str) -> str:
+    """Where the workers find a directory the run reads (the text priors, a code set's
+    tokenizer): where it is, or on an object store a copy in the run at REL (a worker on
+    another node cannot read the driver's disk, and the run keeps what it was made from)."""
     if not storage.remote:
-        return str(path)
-    shutil.copytree(path, storage.local / run_name / PRIORS_DIR, dirs_exist_ok=True)
-    storage.push(f"{run_name}/{PRIORS_DIR}")
-    return storage.uri(f"{run_name}/{PRIORS_DIR}")
+        return str(source)
+    shutil.copytree(local_copy(str(source)), storage.local / run_name / rel, dirs_exist_ok=True)
+    storage.push(f"{run_name}/{rel}")
+    return storage.uri(f"{run_name}/{rel}")
 
 
 def _run_place(cfg) -> tuple[Storage, str, dict | None]:
@@ -156,24 +157,29 @@ def _connect_and_fit(spec: WorkerSpec, storage: Storage, previous: dict | None, 
 def _train_generator(cfg: GeneratorConfig) -> dict:
     """A stage-2 run: the code sets must share one tokenizer (records/code_manifest.py)."""
     d = cfg.data
-    train_dirs, val_dirs = _code_dirs(d.train_codes, "data.train_codes"), _code_dirs(d.val_codes, "data.val_codes")
-    identity = same_tokenizer(train_dirs + val_dirs)
-    train_urls, val_urls, missing, empty = _shard_sets(cfg, train_dirs, val_dirs, "data.train_codes", "data.val_codes")
+    train, val = _code_sets(d.train_codes, "data.train_codes"), _code_sets(d.val_codes, "data.val_codes")
+    identity = same_tokenizer([local for _, local in train + val])
+    train_urls, val_urls, missing, empty = _shard_sets(cfg, [where for where, _ in train], [where for where, _ in val],
+                                                       "data.train_codes", "data.val_codes")
     storage, run_name, previous = _run_place(cfg)
-    code_set = {"layout": identity["layout"], "digest": identity["digest"],
-                "tokenizer_dir": str((Path(train_dirs[0]) / TOKENIZER_DIR).resolve())}
+    tokenizer = _share_dir(f"{train[0][0]}/{TOKENIZER_DIR}", storage, run_name, TOKENIZER_DIR)
+    code_set = {"layout": identity["layout"], "digest": identity["digest"], "tokenizer_dir": tokenizer}
     spec = WorkerSpec(cfg, "", storage.uri(run_name), train_urls, val_urls, code_set=code_set)
     return _connect_and_fit(spec, storage, previous, len(missing), len(empty))
 
 
-def _code_dirs(spec, what: str) -> list[str]:
-    """Code-shard directories (each with the manifest `vqct data tokenize` wrote)."""
-    dirs = [spec] if isinstance(spec, str) else list(spec or [])
-    for directory in dirs:
-        if not (Path(directory) / MANIFEST).is_file():
+def _code_sets(spec, what: str) -> list[tuple[str, Path]]:
+    """Code-shard directories (each with the manifest `vqct data tokenize` wrote), local or
+    s3://BUCKET/PREFIX: (where the readers find it, a local directory holding its manifest)."""
+    found = []
+    for directory in [spec] if isinstance(spec, str) else list(spec or []):
+        where = directory.rstrip("/") if is_remote(directory) else str(Path(directory).resolve())
+        local = local_copy(f"{where}/{MANIFEST}").parent
+        if not (local / MANIFEST).is_file():
             raise UserError(f"{what}: {directory} is not a code-shard directory (no {MANIFEST}); make one with "
                             "`vqct data tokenize TOKENIZER SHARDS --out DIR`")
-    return [str(Path(d).resolve()) for d in dirs]
+        found.append((where, local))
+    return found
 
 
 def _where_to_resume(storage: Storage, run_name: str) -> str:

@@ -19,6 +19,7 @@ from vqct.config.generator import CaptionConditionConfig
 from vqct.config.typed import config_to_dict, generator_config_from_dict
 from vqct.errors import UserError
 from vqct.files import atomic_write_text
+from vqct.records.storage import local_copy
 from vqct.stage2.build import build_generator
 from vqct.stage2.captions import text_width
 from vqct.stage2.generator import CodeLayout
@@ -45,7 +46,7 @@ def write_generator_dir(model, cfg, code_set: dict, directory: str | Path) -> Pa
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / WEIGHTS_FILE))
-    shutil.copytree(code_set["tokenizer_dir"], directory / TOKENIZER_DIR, dirs_exist_ok=True)
+    shutil.copytree(local_copy(code_set["tokenizer_dir"]), directory / TOKENIZER_DIR, dirs_exist_ok=True)
     if isinstance(cfg.condition, CaptionConditionConfig):
         shutil.copytree(resolve_model_path(cfg.condition.text_model), directory / TEXT_MODEL_DIR,
                         dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.onnx", "openvino*", "onnx"))

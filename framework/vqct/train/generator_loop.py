@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from vqct.config.generator import CaptionConditionConfig, NoConditionConfig, SegmentationConditionConfig
 from vqct.data.code_loader import CodeDecoder, make_code_loader
+from vqct.records.storage import local_copy
 from vqct.seeds import mask_seed, rank_seed
 from vqct.stage2.build import build_generator
 from vqct.stage2.captions import caption_features, text_width
@@ -165,8 +166,9 @@ class GeneratorWorker(Worker):
         from vqct.eval.reconstruction import to_unit
         from vqct.tokenizer.pretrained import from_pretrained
 
-        if self.tokenizer is None:
-            self.tokenizer = from_pretrained(self.spec.code_set["tokenizer_dir"])[0]
+        if self.tokenizer is None:  # the code set's or, on an object store, the run's copy
+            directory = local_copy(self.spec.code_set["tokenizer_dir"], mirror=f"rank{self.rank}")
+            self.tokenizer = from_pretrained(directory)[0]
         h, w = self.layout.height, self.layout.width
 
         def decode(codes):
