@@ -174,3 +174,35 @@ def test_a_snapshot_listing_a_checkpoint_the_store_lacks_is_moved_aside(tmp_path
     assert repair_ray_snapshot(run_dir, present=["checkpoint_a"]) is None  # the store has it, no local copy needed
     aside = repair_ray_snapshot(run_dir, present=[])
     assert aside is not None and aside.is_file() and not (run_dir / RAY_SNAPSHOT).exists()
+
+
+@pytest.mark.e2e  # starts an S3 API server
+def test_where_to_resume_on_an_object_store_reads_listings_and_records_not_checkpoints(tmp_path, monkeypatch):
+    """The stop message's checkpoint: the newest whose files are all in the store at their
+    recorded sizes, found without pulling a checkpoint file; the same one a resume verifies."""
+    from servers import s3_client, s3_env, start_s3_server, stop
+    from vqct.records.checkpoint_integrity import choose_stored_checkpoint, newest_stored_checkpoint
+    from vqct.records.storage import Storage
+
+    server, endpoint = start_s3_server(tmp_path)
+    try:
+        for key, value in {**s3_env(endpoint), "VQCT_SCRATCH": str(tmp_path / "scratch")}.items():
+            monkeypatch.setenv(key, value)
+        client = s3_client(endpoint)
+        client.create_bucket(Bucket="runs")
+        local = tmp_path / "made"
+        cut_short, truncated, intact = (_fake_checkpoint(local, step) for step in (15, 10, 5))
+        (cut_short / "vqct_manifest_rank1.json").unlink()
+        _shard(truncated).write_bytes(_shard(truncated).read_bytes()[:-10])
+        for path in (p for p in local.rglob("*") if p.is_file()):
+            client.upload_file(str(path), "runs", f"team/run/{path.relative_to(local).as_posix()}")
+        storage = Storage("s3://runs/team")
+
+        assert newest_stored_checkpoint(storage, "run") == intact.name
+        pulled = {p.name for p in (tmp_path / "scratch").rglob("*") if p.is_file()}
+        assert pulled == {STATE_FILE, "vqct_manifest_rank0.json", "vqct_manifest_rank1.json"}  # records only
+        chosen, rejected = choose_stored_checkpoint(storage, "run")
+        assert chosen.name == intact.name and len(rejected) == 2
+        assert newest_stored_checkpoint(Storage("s3://runs/nothing"), "run") is None
+    finally:
+        stop(server, timeout=10)

@@ -23,7 +23,7 @@ from vqct.launch.cluster_watch import ClusterWatch
 from vqct.launch.ray_connect import connect
 from vqct.launch.runs import RAY_SNAPSHOT, choose_run, repair_ray_snapshot
 from vqct.launch.signals import interrupt_on_sigterm, on_stop_signal
-from vqct.records.checkpoint_integrity import choose_stored_checkpoint
+from vqct.records.checkpoint_integrity import newest_stored_checkpoint
 from vqct.records.code_manifest import MANIFEST, TOKENIZER_DIR, same_tokenizer
 from vqct.records.run_record import PRIORS_DIR, RUN_FILE, STOP_FILE, take_stop, write_run
 from vqct.records.storage import Storage, is_remote, local_copy, run_storage
@@ -183,8 +183,8 @@ def _code_sets(spec, what: str) -> list[tuple[str, Path]]:
 
 
 def _where_to_resume(storage: Storage, run_name: str) -> str:
-    checkpoint, _ = choose_stored_checkpoint(storage, run_name)
-    kept = (f"last intact checkpoint {storage.uri(f'{run_name}/{checkpoint.name}')}" if checkpoint
+    checkpoint = newest_stored_checkpoint(storage, run_name)
+    kept = (f"last intact checkpoint {storage.uri(f'{run_name}/{checkpoint}')}" if checkpoint
             else "no checkpoint was saved yet")
     return f"{kept}; resume with trainer.resume=true trainer.run_name={run_name}"
 

@@ -94,10 +94,42 @@ def choose_stored_checkpoint(storage, run_name: str, preferred: Path | None = No
     local path of the one taken."""
     if not storage.remote:
         return choose_checkpoint(storage.local / run_name, preferred)
+    return _first_intact(storage.pull(f"{run_name}/{name}")  # pulled one at a time
+                         for name in _stored_newest_first(storage, run_name))
+
+
+def newest_stored_checkpoint(storage, run_name: str) -> str | None:
+    """The name of the run's newest intact checkpoint, for a message (where to resume from).
+    In an object store without pulling the checkpoints: its state and manifests are pulled,
+    and every file they list must be in a listing of the store at its recorded size. An
+    object store writes each object whole or not at all and checks its own content, so a
+    complete set is an intact one; what a resume restores it still verifies in full."""
+    if not storage.remote:
+        return getattr(choose_checkpoint(storage.local / run_name)[0], "name", None)
+    for name in _stored_newest_first(storage, run_name):
+        rel = f"{run_name}/{name}"
+        try:
+            world = int(read_state(storage.pull(f"{rel}/{STATE_FILE}").parent).get("world_size", 1))
+        except DamagedCheckpoint:
+            continue
+        sizes = storage.file_sizes(rel)
+        listed = {}
+        for rank in range(world):
+            try:
+                listed.update(json.loads(storage.pull(f"{rel}/{MANIFEST.format(rank=rank)}").read_text())["files"])
+            except (OSError, ValueError, KeyError):
+                listed = None
+                break
+        if listed is not None and all(sizes.get(f) == size for f, (size, _) in listed.items()):
+            return name
+    return None
+
+
+def _stored_newest_first(storage, run_name: str) -> list[str]:
+    """The run's checkpoint names in an object store by step, newest first (only their state pulled)."""
     names = [n for n in storage.list_dirs(run_name) if n.startswith(CHECKPOINT_PREFIX)]
     steps = {n: _step_of(storage.pull(f"{run_name}/{n}/{STATE_FILE}").parent) for n in names}
-    newest_first = sorted(names, key=lambda n: (steps[n], n), reverse=True)
-    return _first_intact(storage.pull(f"{run_name}/{name}") for name in newest_first)  # pulled one at a time
+    return sorted(names, key=lambda n: (steps[n], n), reverse=True)
 
 
 def _first_intact(candidates) -> tuple[Path | None, list[str]]:

@@ -83,6 +83,17 @@ class Storage:
         found = self.fs.get_file_info(fs.FileSelector(self._key(rel), allow_not_found=True))
         return sorted(Path(i.path).name for i in found if i.type == fs.FileType.Directory)
 
+    def file_sizes(self, rel: str) -> dict[str, int]:
+        """Every file under REL with its size in bytes, by its path under REL (a listing only)."""
+        if not self.remote:
+            base = self.local / rel
+            return {p.relative_to(base).as_posix(): p.stat().st_size for p in base.rglob("*") if p.is_file()}
+        from pyarrow import fs
+
+        prefix = self._key(rel) + "/"
+        found = self.fs.get_file_info(fs.FileSelector(self._key(rel), recursive=True, allow_not_found=True))
+        return {i.path[len(prefix):]: i.size for i in found if i.type == fs.FileType.File}
+
     def pull(self, rel: str) -> Path:
         """The file or directory REL copied from the store into the mirror (replacing what the
         mirror held there); its local path, which does not exist when the store has no REL."""
