@@ -131,8 +131,9 @@ def test_train_zero2_then_resume_in_the_same_mlflow_run(tmp_path, shapes_dir, s3
 
 
 def _stage2_on_the_store(tmp_path, shapes_dir, s3_store, store):
-    """Code shards of the stored run (`vqct data tokenize s3://...`), uploaded to the store; a
-    generator run reads them from there and keeps its run there too, its workers loading the
+    """Code shards of the stored run (`vqct data tokenize s3://... --out s3://...`), written to
+    the store by the tasks and resumed there; a generator run reads them from the store and
+    keeps its run there too, its workers loading the
     tokenizer from the run's copy (rank 0 decodes sample grids with it), each step on an empty
     mirror of its own."""
     from mlflow.tracking import MlflowClient
@@ -143,13 +144,16 @@ def _stage2_on_the_store(tmp_path, shapes_dir, s3_store, store):
         assert proc.returncode == 0, proc.stderr[-3000:]
         return last_json(proc.stdout)
 
-    codes = vqct(["data", "tokenize", f"{store}/e2e", f"{shapes_dir}/train", "--out", "codes"], "node4")
-    assert codes["samples"] == 240
-    client = s3_client(s3_store["AWS_ENDPOINT_URL"])
-    for path in (tmp_path / "codes").rglob("*"):
-        if path.is_file():
-            client.upload_file(str(path), "vqct-runs", f"codes/{path.relative_to(tmp_path / 'codes')}")
-    shutil.rmtree(tmp_path / "codes")
+    tokenize = ["data", "tokenize", f"{store}/e2e", f"{shapes_dir}/train", "--out", "s3://vqct-runs/codes"]
+    codes = vqct(tokenize, "node4")
+    assert (codes["out"], codes["shards"], codes["samples"]) == ("s3://vqct-runs/codes", 6, 240)
+    stored = _keys(s3_store, "codes/")
+    assert {"codes/manifest.json", "codes/tokenizer/config.json"} <= set(stored)
+    assert sorted(k for k in stored if k.endswith(".tar")) == [f"codes/codes-{i:06d}.tar" for i in range(6)]
+    # a shard lost from the store: the next run with the same plan writes only that one
+    s3_client(s3_store["AWS_ENDPOINT_URL"]).delete_object(Bucket="vqct-runs", Key="codes/codes-000003.tar")
+    again = vqct(tokenize, "node6")
+    assert (again["tokenized"], again["shards"], again["samples"]) == (1, 6, 240)
     gen = vqct(["train", "generator_shapes", "data.train_codes=s3://vqct-runs/codes/",
                 "data.val_codes=s3://vqct-runs/codes", "data.batch_size=8", "data.val_batches=1",
                 "condition.tokens=8", "generator.n_layer=1", "generator.n_embd=32", "trainer.max_steps=4",

@@ -448,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "tokenizer, its captions and ground truth (one Ray task per shard, resumable)")
     _add_target(codes)
     codes.add_argument("shards", nargs="+", help="image shards: directories, patterns or URLs")
-    codes.add_argument("--out", required=True, help="directory for codes-NNNNNN.tar and manifest.json")
+    codes.add_argument("--out", required=True, help="directory for codes-NNNNNN.tar and manifest.json, or "
+                       "s3://BUCKET/PREFIX (each task uploads its shard; no disk in common needed)")
     codes.add_argument("--batch-size", type=int, default=64)
     codes.set_defaults(func=_cmd_data_tokenize)
 

@@ -26,7 +26,7 @@ from vqct.launch.signals import interrupt_on_sigterm, on_stop_signal
 from vqct.records.checkpoint_integrity import newest_stored_checkpoint
 from vqct.records.code_manifest import MANIFEST, TOKENIZER_DIR, same_tokenizer
 from vqct.records.run_record import PRIORS_DIR, RUN_FILE, STOP_FILE, take_stop, write_run
-from vqct.records.storage import Storage, is_remote, local_copy, run_storage
+from vqct.records.storage import Storage, is_remote, local_copy, run_storage, store_env
 from vqct.tracking.mlflow_run import (absolute_uri, close_run, log_config_copy, log_start_metrics, open_run,
                                       tag_checkpoint, worker_env)
 from vqct.tracking.datasets import log_shard_sets
@@ -44,15 +44,8 @@ def _worker_env(cfg: Config | GeneratorConfig) -> dict[str, str]:
     if not cfg.trainer.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"  # no GPU probing (and its warning) on CPU workers
     env.update(worker_env())
-    # An object store's endpoint and credentials, as the driver has them (records/storage.py);
-    # nodes with credentials of their own (an instance role) need none of these. Not
-    # VQCT_SCRATCH: each node keeps its mirror where its own environment says.
-    env.update({k: v for k, v in os.environ.items() if k in _STORE_VARIABLES})
+    env.update(store_env())
     return env
-
-
-_STORE_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
-                    "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 
 
 def _trainer(cfg: Config | GeneratorConfig, spec: WorkerSpec, run_name: str, storage: Storage):

@@ -1,5 +1,6 @@
 """`vqct data tokenize TOKENIZER SHARDS --out DIR`: image shards -> code shards, one Ray task
-per shard, resumable.
+per shard, resumable. DIR may be s3://BUCKET/PREFIX: each task then loads the set's tokenizer
+from the store and uploads its shard there, so the tasks' nodes need no disk in common.
 
 The manifest is rewritten after every finished shard with the plan (the tokenizer's digest and
 the source shards) that made it: a second run with the same plan keeps every shard that is
@@ -11,27 +12,68 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
-from vqct.data.shard_manifest import kept_shards
+from vqct.data.shard_manifest import kept_shards, read_manifest
 from vqct.data.shards import resolve_shards
 from vqct.errors import UserError
 from vqct.files import atomic_write_text
 from vqct.launch.shard_tasks import run_shard_tasks
 from vqct.records.code_manifest import FORMAT, MANIFEST, TOKENIZER_DIR, tokenizer_identity
+from vqct.records.storage import is_remote, local_copy, run_storage
 
 
 def _tokenize_one(directory: str, url: str, out: str, batch_size: int) -> dict:
-    """One Ray task: load the set's tokenizer directory and write one code shard."""
+    """One Ray task: load the set's tokenizer directory and write one code shard (on an
+    object store: through this process's own mirror, then uploaded)."""
     import torch
 
     from vqct.stage2.code_shards import tokenize_shard
     from vqct.tokenizer.pretrained import from_pretrained
 
     torch.set_num_threads(1)  # one CPU per task, as the task asks of Ray
-    model, cfg = from_pretrained(directory)
-    return tokenize_shard(model, cfg.data.image_size, url, Path(out), batch_size)
+    mirror = f"task{os.getpid()}"  # a Ray worker process runs one task at a time
+    model, cfg = from_pretrained(local_copy(directory, mirror))
+    if not is_remote(out):
+        return tokenize_shard(model, cfg.data.image_size, url, Path(out), batch_size)
+    storage, name = run_storage(out, mirror)
+    local = storage.local / name
+    local.parent.mkdir(parents=True, exist_ok=True)
+    entry = tokenize_shard(model, cfg.data.image_size, url, local, batch_size)
+    storage.push(name)
+    local.unlink()
+    return entry
+
+
+class _Output:
+    """Where the code set goes: a directory, or s3://BUCKET/PREFIX through the local mirror
+    (self.dir), each file pushed to the store once written."""
+
+    def __init__(self, out: str):
+        self.storage, self.name = run_storage(out) if is_remote(out) else (None, "")
+        self.dir = self.storage.local / self.name if self.storage else Path(out)
+        self.where = out.rstrip("/") if self.storage else str(self.dir)
+
+    def place(self, rel: str) -> str:
+        """REL as a task writes or reads it: in the store when there is one."""
+        return self.storage.uri(f"{self.name}/{rel}") if self.storage else str(self.dir / rel)
+
+    def push(self, rel: str) -> None:
+        if self.storage:
+            self.storage.push(f"{self.name}/{rel}")
+
+    def kept(self, plan: str) -> dict[str, dict]:
+        """The shards a run of PLAN keeps; in an object store, each listed in the manifest and
+        there at its size (an object is written whole or not at all; none is downloaded)."""
+        if not self.storage:
+            return kept_shards(self.dir, plan)
+        previous = read_manifest(self.storage.pull(f"{self.name}/{MANIFEST}")) or {}
+        if previous.get("plan") != plan:
+            return {}
+        sizes = self.storage.file_sizes(self.name)
+        return {e["name"]: e for e in previous.get("shards", []) if sizes.get(e["name"]) == e["bytes"]}
 
 
 def _plan(digest: str, urls: list[str]) -> str:
@@ -48,17 +90,17 @@ def tokenize_to_shards(target: str, data, out: str, batch_size: int = 64, tracki
         raise UserError(f"--batch-size={batch_size} must be at least 1")
     resolved = resolve_tokenizer(target, tracking_uri)
     urls = resolve_shards(data, "SHARDS")
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output = _Output(out)
+    output.dir.mkdir(parents=True, exist_ok=True)
     # The set carries its tokenizer (what decodes generated codes), and the tasks load that
     # copy: no ZeRO consolidation per task, and the digest is the same whichever form the
     # target took (a checkpoint and its export give equal weights here).
     model, cfg = load_tokenizer(resolved.path(heads=False), heads=False)
-    directory = save_pretrained(model, cfg, out_dir / TOKENIZER_DIR)
-    model, cfg = from_pretrained(directory)
+    model, cfg = from_pretrained(save_pretrained(model, cfg, output.dir / TOKENIZER_DIR))
+    output.push(TOKENIZER_DIR)
     digest, layout = weights_digest(model), code_layout(model, cfg)
     plan = _plan(digest, urls)
-    kept = kept_shards(out_dir, plan)
+    kept = output.kept(plan)
     names = [f"codes-{i:06d}.tar" for i in range(len(urls))]
     manifest = {"format": FORMAT, "plan": plan, "complete": False,
                 "tokenizer": tokenizer_identity(digest, target, cfg.recipe, cfg.quantizer.name, layout.as_dict(),
@@ -68,15 +110,17 @@ def tokenize_to_shards(target: str, data, out: str, batch_size: int = 64, tracki
     if kept:
         print(f"resuming: {len(kept)} of {len(urls)} code shards already written", file=sys.stderr)
     if todo:
-        run_shard_tasks(_tokenize_one, [(str(directory), url, str(out_dir / name), batch_size) for url, name in todo],
-                        out_dir / MANIFEST, manifest, "tokenize")
+        run_shard_tasks(_tokenize_one, [(output.place(TOKENIZER_DIR), url, output.place(name), batch_size)
+                                        for url, name in todo],
+                        output.dir / MANIFEST, manifest, "tokenize", lambda: output.push(MANIFEST))
     manifest["shards"].sort(key=lambda e: e["name"])
     manifest["complete"] = True
-    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1))
+    atomic_write_text(output.dir / MANIFEST, json.dumps(manifest, indent=1))
+    output.push(MANIFEST)
     skipped: dict[str, int] = {}
     for entry in manifest["shards"]:
         for kind, n in entry.get("skipped", {}).items():
             skipped[kind] = skipped.get(kind, 0) + n
-    return {"out": str(out_dir), "shards": len(manifest["shards"]), "tokenized": len(todo),
+    return {"out": output.where, "shards": len(manifest["shards"]), "tokenized": len(todo),
             "samples": sum(e["samples"] for e in manifest["shards"]), "skipped": skipped,
             "tokenizer": manifest["tokenizer"]["digest"][:12], "layout": layout.as_dict()}

@@ -38,6 +38,17 @@ def s3_filesystem():
     return fs.S3FileSystem(**options)
 
 
+STORE_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+                   "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+def store_env() -> dict[str, str]:
+    """The object store's endpoint and credentials as this process has them, for Ray workers
+    on other nodes (nodes with credentials of their own, an instance role, need none). Not
+    VQCT_SCRATCH: each node keeps its mirror where its own environment says."""
+    return {k: v for k, v in os.environ.items() if k in STORE_VARIABLES}
+
+
 def mirror_root() -> Path:
     """The node-local scratch that mirrors object stores (VQCT_SCRATCH, default ~/.cache/vqct-mirror)."""
     return Path(os.environ.get("VQCT_SCRATCH", "~/.cache/vqct-mirror")).expanduser()
