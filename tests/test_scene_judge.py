@@ -67,3 +67,36 @@ def test_completion_is_scored_on_the_generated_half_against_the_same_key(scenes)
     expected = np.mean([psnr(np.zeros_like(s.picture[32:]), s.picture[32:]) for s in scenes[:10]])
     assert found["completion_psnr_generated_half"] == pytest.approx(expected)
     assert found["completion_psnr_generated_half"] < 15
+
+
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory):
+    """torch-fidelity's Inception-v3 with random weights, saved as its weights file: the real
+    extractor and FID path without the download (the values it gives mean nothing)."""
+    from unittest import mock
+
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    torch.manual_seed(0)
+    with mock.patch("torch.load", return_value={}), mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict"):
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="unused")
+    path = tmp_path_factory.mktemp("inception") / "inception.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_inception_fid_joins_fid_parser_where_its_weights_are_and_says_so_where_not(scenes, inception_file, tmp_path):
+    from vqct.eval.fid import InceptionFID
+    from vqct.models.scene_parser import SceneParser
+
+    torch.manual_seed(0)
+    parser = SceneParser(11, width=8).eval()
+    real = np.stack([s.picture for s in scenes[:16]])
+    same = judge_scenes(parser, iter(scenes[:16]), 11, real, inception=InceptionFID(inception_file, "cpu"))
+    other = judge_scenes(parser, iter(scenes[16:32]), 11, real, inception=InceptionFID(inception_file, "cpu"))
+    assert isinstance(other["fid_inception"], float) and other["fid_inception"] > 0
+    assert abs(same["fid_inception"]) < 1e-3 * other["fid_inception"]  # the real set against itself
+    assert other["fid_parser"] > 0
+    missing = judge_scenes(parser, iter(scenes[16:32]), 11, real, inception=InceptionFID(tmp_path / "none.pth", "cpu"))
+    assert missing["fid_inception"] == f"skipped: no Inception weights at {tmp_path / 'none.pth'}"
+    assert "fid_inception" not in judge_scenes(parser, iter(scenes[:4]), 11)  # no real set, no FID at all

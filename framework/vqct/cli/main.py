@@ -86,7 +86,7 @@ def _cmd_downstream_generation(args: argparse.Namespace) -> dict:
 
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.cfg_scale)
     return run_generation_task(args.task, args.target, args.eval, args.parser, args.real, args.out, sampling,
-                               args.seed, args.scenes, args.limit, args.tracking_uri)
+                               args.seed, args.scenes, args.limit, args.tracking_uri, args.inception_weights)
 
 
 def _cmd_downstream_truth(args: argparse.Namespace) -> dict:
@@ -98,7 +98,8 @@ def _cmd_downstream_truth(args: argparse.Namespace) -> dict:
 def _cmd_downstream_judge(args: argparse.Namespace) -> dict:
     from vqct.downstream.judge import judge
 
-    return judge(args.shards, args.parser, args.real, args.limit, args.mismatched, args.completion_of)
+    return judge(args.shards, args.parser, args.real, args.limit, args.mismatched, args.completion_of,
+                 args.inception_weights)
 
 
 def _cmd_generate(args: argparse.Namespace) -> dict:
@@ -329,6 +330,8 @@ def _add_judge_inputs(parser: argparse.ArgumentParser, real_required: bool) -> N
     parser.add_argument("--real", nargs="+", required=real_required,
                         help="held-out real scenes for FID in the parser's feature space (fid_parser)")
     parser.add_argument("--limit", type=int, help="judge only the first N scenes (and N real ones)")
+    parser.add_argument("--inception-weights", help="torch-fidelity's Inception-v3 weights, for Inception FID "
+                        "against --real (default: $VQCT_INCEPTION_WEIGHTS or the torch hub cache; none: skipped)")
 
 
 def _add_sampling(parser: argparse.ArgumentParser) -> None:

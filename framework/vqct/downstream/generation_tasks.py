@@ -12,7 +12,9 @@ tokenizer's run.
 | unconditional | caption or segmentation | the null condition | fid_parser |
 
 fid_parser is the Frechet distance in the scene parser's feature space against `--real` held-out
-scenes, labelled as such: not Inception FID (docs/downstream.md).
+scenes, labelled as such: not Inception FID (docs/downstream.md). Inception FID (fid_inception)
+joins it, logged like the other scores, where torch-fidelity's weights file is on disk
+(`--inception-weights`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vqct.config.schema import tracking_uri
-from vqct.downstream.judge import judge
+from vqct.downstream.judge import FID_NOTE, judge
 from vqct.errors import UserError
 from vqct.records.code_manifest import read_code_manifest
 from vqct.stage2.sampling import SamplingConfig
@@ -66,7 +68,7 @@ def _sample(task: str, target: str, eval_dir: str, out: Path, sampling: Sampling
 
 def run_generation_task(task: str, target: str, eval_dir: str, parser: str, real: list[str], out: str,
                         sampling: SamplingConfig, seed: int = 0, scenes: list[str] | None = None,
-                        limit: int | None = None, uri: str | None = None) -> dict:
+                        limit: int | None = None, uri: str | None = None, inception_weights: str | None = None) -> dict:
     """Sample TASK's pictures for EVAL_DIR's conditions into OUT, judge them; the results.
     SCENES: the real scenes EVAL_DIR was tokenized from (completion's PSNR)."""
     if task not in TASKS:
@@ -78,13 +80,14 @@ def run_generation_task(task: str, target: str, eval_dir: str, parser: str, real
         sampling = SamplingConfig(**{**asdict(sampling), "null_condition": True, "cfg_scale": None})
     started = time.time()
     sampled = _sample(task, target, eval_dir, Path(out), sampling, seed)
-    judged = judge([out], parser, real, limit, completion_of=scenes if task == "completion" else None)["judge"]
+    judged = judge([out], parser, real, limit, completion_of=scenes if task == "completion" else None,
+                   inception_weights=inception_weights)["judge"]
     name = Path(eval_dir).resolve().name
     scores = {f"{name}/{k}": v for k, v in judged.items() if isinstance(v, (int, float))}
     settings = {"generator": str(target), "seed": seed, **asdict(sampling), "limit": limit}
     result = {"task": task, "tokenizer": identity, "settings": settings, "scores": scores,
-              "samples": sampled["samples"], "seconds": round(time.time() - started, 1),
-              "fid_note": "fid_parser: Frechet distance in the scene parser's feature space, not Inception FID"}
+              "samples": sampled["samples"], "seconds": round(time.time() - started, 1), "fid_note": FID_NOTE,
+              "fid_inception": judged.get("fid_inception")}
     uri = tracking_uri(uri)
     run_name = f"{task}-{identity.get('recipe')}-{identity['digest'][:8]}-seed{seed}"
     result["run_id"] = log_downstream_run(uri, task, identity, {"task": task, "eval_codes": eval_dir, **settings},

@@ -1,5 +1,6 @@
-"""rFID between held-out images and their reconstructions, through torchmetrics' FID on
-torch-fidelity's Inception-v3, only when its weights are already on disk (no downloads:
+"""Inception FID (rFID between held-out images and their reconstructions; FID of generated
+scenes against real ones) through torchmetrics' FID on torch-fidelity's Inception-v3, only
+when its weights are already on disk (no downloads:
 cluster nodes are often offline, and a silent download would hang the evaluation)."""
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ def default_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
 
 
-class ReconstructionFID:
-    """Collects (real, reconstructed) pairs; `compute()` returns rFID or the reason it was skipped."""
+class InceptionFID:
+    """Inception FID between a real and a generated set; `compute()` returns it, or the reason
+    it was skipped (no weights file: nothing is downloaded)."""
 
     def __init__(self, weights: str | Path | None, device):
         self.path = Path(weights).expanduser() if weights else default_weights_path()
@@ -35,13 +37,20 @@ class ReconstructionFID:
     def skipped(self) -> str | None:
         return None if self.metric is not None else f"skipped: no Inception weights at {self.path}"
 
-    def update(self, real_unit: torch.Tensor, recon_unit: torch.Tensor) -> None:
-        """Images in [0, 1], (B, 3, H, W)."""
+    def add(self, images_unit: torch.Tensor, real: bool) -> None:
+        """Images in [0, 1], (B, 3, H, W), to the real or the generated side."""
         if self.metric is not None:
-            self.metric.update(real_unit, real=True)
-            self.metric.update(recon_unit, real=False)
+            self.metric.update(images_unit, real=real)
 
     def compute(self) -> float | str:
         if self.metric is None:
             return self.skipped
         return float(self.metric.compute())
+
+
+class ReconstructionFID(InceptionFID):
+    """rFID: held-out images on the real side, their reconstructions on the other."""
+
+    def update(self, real_unit: torch.Tensor, recon_unit: torch.Tensor) -> None:
+        self.add(real_unit, real=True)
+        self.add(recon_unit, real=False)

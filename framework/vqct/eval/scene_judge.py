@@ -25,6 +25,7 @@ from PIL import Image
 from scipy import ndimage
 
 from vqct.data.scenes.truth import raw_samples, truth_of
+from vqct.eval.fid import InceptionFID
 from vqct.eval.objects import colour_of, interior
 from vqct.models.scene_parser import SceneParser
 
@@ -88,15 +89,19 @@ class ParserFeatures(torch.nn.Module):
 
 @torch.no_grad()
 def judge_scenes(parser: SceneParser, scenes: Iterator[AskedScene], num_classes: int,
-                 real: np.ndarray | None = None, batch_size: int = 64) -> dict:
-    """Object and segmentation scores of SCENES; with REAL pictures (N, S, S, 3) uint8, fid_parser."""
+                 real: np.ndarray | None = None, batch_size: int = 64, inception: InceptionFID | None = None) -> dict:
+    """Object and segmentation scores of SCENES; with REAL pictures (N, S, S, 3) uint8, fid_parser,
+    and fid_inception too when INCEPTION is given (its value, or why it was skipped)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     fid = None
     if real is not None:
         fid = FrechetInceptionDistance(feature=ParserFeatures(parser), normalize=True)
         for start in range(0, len(real), batch_size):
-            fid.update(torch.from_numpy(real[start:start + batch_size]).permute(0, 3, 1, 2) / 255.0, real=True)
+            unit = torch.from_numpy(real[start:start + batch_size]).permute(0, 3, 1, 2) / 255.0
+            fid.update(unit, real=True)
+            if inception is not None:
+                inception.add(unit, real=True)
     counts = {"both": 0, "shapes": 0, "objects": 0, "scenes": 0}
     inter, union = np.zeros(num_classes), np.zeros(num_classes)
     batch: list[AskedScene] = []
@@ -116,6 +121,8 @@ def judge_scenes(parser: SceneParser, scenes: Iterator[AskedScene], num_classes:
         counts["scenes"] += len(batch)
         if fid is not None:
             fid.update(pictures / 255.0, real=False)
+            if inception is not None:
+                inception.add(pictures / 255.0, real=False)
         batch.clear()
 
     for scene in scenes:
@@ -132,4 +139,6 @@ def judge_scenes(parser: SceneParser, scenes: Iterator[AskedScene], num_classes:
            "miou": float((inter[present] / union[present]).mean())}
     if fid is not None:
         out["fid_parser"] = float(fid.compute())
+        if inception is not None:
+            out["fid_inception"] = inception.compute()
     return out
