@@ -61,9 +61,10 @@ CAPACITY_CODES ?= 1024 64
 # -> one table (docs/downstream.md). Finished runs are kept: rerun to resume.
 DOWNSTREAM_RECIPES ?= vqgan_scenes vqct_scenes lgvq_scenes vqct_lgvq_scenes vqct_vlt_scenes
 DOWNSTREAM_TASKS ?= vqa caption
-# the generation tasks: per tokenizer a caption generator (t2i, completion, unconditional) and a
-# segmentation one (semantic), generator_scenes at GENERATOR_ARGS, judged by SCENES_PARSER
-DOWNSTREAM_GENERATION ?= t2i completion unconditional semantic
+# the generation tasks: per tokenizer a caption generator (t2i, relations, completion,
+# unconditional) and a segmentation one (semantic), generator_scenes at GENERATOR_ARGS, judged by
+# SCENES_PARSER
+DOWNSTREAM_GENERATION ?= t2i relations completion unconditional semantic
 GENERATOR_ARGS ?=
 SAMPLE_ARGS ?= --top-k 64 --cfg-scale 2
 DOWNSTREAM_SETTINGS ?=

@@ -71,6 +71,11 @@ def test_shard_path_with_no_shards(tmp_path):
                        "data.train_shards", "no shards found")
 
 
+def test_caption_line_without_conditions(tmp_path):
+    _assert_user_error(_run(["generate", str(tmp_path), "--caption-line", "2", "--out", "x.png"]),
+                       "--caption-line 2", "--conditions CODES --out-shards DIR")
+
+
 def test_code_set_that_is_not_one(tmp_path):
     _assert_user_error(_run(["train", "generator_shapes", f"data.train_codes={tmp_path}"]),
                        f"data.train_codes: {tmp_path} is not a code-shard directory", "vqct data tokenize")

@@ -1,7 +1,7 @@
 """The generation tasks of `vqct downstream` end to end on the real stack: scenes -> a
 tokenizer's code sets (Ray tasks) -> a caption-conditioned generator directory -> t2i,
-completion and unconditional samples (Ray tasks) judged by a scene parser, each an MLflow run
-tagged with its task, and a generator of the wrong condition refused. Tiny and untrained: what
+relations (each caption's relation line), completion and unconditional samples (Ray tasks)
+judged by a scene parser, each an MLflow run tagged with its task, and a generator of the wrong condition refused. Tiny and untrained: what
 is pinned is the wiring and the bookkeeping (every held-out scene sampled and judged, completion
 matched to its real scene by key), not the quality. Training a generator on Ray Train and
 DeepSpeed, and the run directory -> generator directory export, are test_generator_e2e's."""
@@ -15,7 +15,9 @@ import torch
 
 from conftest import vqct_cmd
 from vqct.config import load_recipe
+from vqct.data.scenes.truth import raw_samples
 from vqct.data.scenes.write import ScenesSettings, write_scenes
+from vqct.eval.scene_relations import asked_relation
 from vqct.eval.parser_train import train_parser
 from vqct.records.code_manifest import read_code_manifest
 from vqct.stage2.build import build_generator
@@ -37,6 +39,10 @@ def _vqct(args, cwd):
     return proc, (json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None)
 
 
+def _shards(directory):
+    return sorted(str(p) for p in directory.glob("*.tar"))
+
+
 def _untrained_generator(codes, directory):
     cfg = load_recipe("generator_shapes", GENERATOR)
     encoder = TextEncoder(cfg.condition.text_model, cfg.condition.tokens + 2, "cpu")
@@ -46,7 +52,7 @@ def _untrained_generator(codes, directory):
     return write_generator_dir(model, cfg, code_set, directory)
 
 
-def test_t2i_completion_and_unconditional_are_sampled_judged_and_tracked(tmp_path):
+def test_t2i_relations_completion_and_unconditional_are_sampled_judged_and_tracked(tmp_path):
     # one split serves every role (generator, parser, held-out conditions): one Ray start less
     write_scenes(tmp_path / "scenes", ScenesSettings(train=1, val=8, test=0, test_compositional=0,
                                                      samples_per_shard=8), workers=1)
@@ -64,7 +70,7 @@ def test_t2i_completion_and_unconditional_are_sampled_judged_and_tracked(tmp_pat
     common = ["--eval", "codes/val", "--parser", "parser.pt", "--real", "scenes/val", "--top-k", "16",
               "--tracking-uri", uri]
     results = {}
-    for task, extra in [("t2i", ["--cfg-scale", "2"]), ("completion", ["--scenes", "scenes/val"]),
+    for task, extra in [("t2i", ["--cfg-scale", "2"]), ("relations", []), ("completion", ["--scenes", "scenes/val"]),
                         ("unconditional", [])]:
         proc, results[task] = _vqct(["downstream", task, generator, "--out", f"samples/{task}",
                                      *common, *extra], tmp_path)
@@ -73,6 +79,13 @@ def test_t2i_completion_and_unconditional_are_sampled_judged_and_tracked(tmp_pat
         assert results[task]["samples"] == 8 and scores["val/scenes"] == 8, scores
         assert scores["val/fid_parser"] >= 0 and "not Inception" in results[task]["fid_note"]
     assert 0 <= results["t2i"]["scores"]["val/objects_found"] <= 1
+    # relations: each sample drawn with its condition's relation line, which the judge reads back
+    relations = results["relations"]["scores"]
+    lines = {s["__key__"]: s["txt"].decode().splitlines() for s in raw_samples(urls)}
+    drawn = {s["__key__"]: s["txt"].decode() for s in raw_samples(_shards(tmp_path / "samples" / "relations"))}
+    assert drawn == {key: text[2] for key, text in lines.items()}
+    asked = sum(asked_relation(line) is not None for line in drawn.values())
+    assert asked > 0 and relations["val/relations_asked"] == asked and 0 <= relations["val/relations_held"] <= 1
     completion = results["completion"]["scores"]
     assert completion["val/completion_scored"] == 8 and completion["val/completion_unmatched"] == 0
     assert json.loads((tmp_path / "samples" / "unconditional" / "manifest.json").read_text())["sampling"] == {
@@ -84,4 +97,4 @@ def test_t2i_completion_and_unconditional_are_sampled_judged_and_tracked(tmp_pat
 
     runs = mlflow.MlflowClient(uri).search_runs(
         [e.experiment_id for e in mlflow.MlflowClient(uri).search_experiments()], "tags.`vqct.task` != ''")
-    assert sorted(r.data.tags["vqct.task"] for r in runs) == ["completion", "t2i", "unconditional"]
+    assert sorted(r.data.tags["vqct.task"] for r in runs) == ["completion", "relations", "t2i", "unconditional"]

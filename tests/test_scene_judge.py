@@ -41,6 +41,26 @@ def test_real_scenes_are_found_and_mismatched_ones_are_not(scenes):
     assert other["objects_found"] <= 0.2 and other["miou"] <= 0.5, other
 
 
+def test_the_relation_line_is_read_and_judged_on_the_picture(scenes):
+    from vqct.data.scenes.world import COLOURS, SHAPES
+    from vqct.eval.scene_relations import AskedRelation, asked_relation
+
+    colours = list(COLOURS)
+    star, circle = SHAPES.index("star"), SHAPES.index("circle")
+    red, blue = colours.index("red"), colours.index("blue")
+    assert asked_relation("two shapes on a grid background: a red star and a blue circle\n"
+                          "a large red striped star left of a blue circle") == \
+        AskedRelation((star, red), "left of", (circle, blue))
+    assert asked_relation("a red star in front of a blue circle") is None  # depth: not judged from a map
+    assert asked_relation("a picture of a large red star") is None
+    parser = OracleParser({s.picture.tobytes(): s.classes for s in scenes})
+    own = judge_scenes(parser, iter(scenes), 11)
+    other = judge_scenes(parser, iter(_rotated(scenes)), 11)
+    # the scenes' relation lines, on the true class maps: what a judge that reads the maps right finds
+    assert own["relations_asked"] >= 30 and own["relations_held"] >= 0.85, own
+    assert other["relations_held"] <= 0.1, other
+
+
 def test_a_recoloured_object_is_lost_by_colour_and_kept_by_shape(scenes):
     scene = next(s for s in scenes if len(s.objects) == 1)
     shape, colour = scene.objects[0]

@@ -107,13 +107,16 @@ def _cmd_generate(args: argparse.Namespace) -> dict:
     from vqct.stage2.sampling import SamplingConfig
 
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.cfg_scale, not args.no_cache,
-                              args.null_condition)
+                              args.null_condition, args.caption_line)
     if args.target.startswith("models:/"):  # a registered generator: its directory, fetched once
         from vqct.tracking.registry import fetch_generator
 
         args.target = str(fetch_generator(args.target, args.tracking_uri))
     if (args.conditions is None) != (args.out_shards is None):
         raise UserError("--conditions CODES and --out-shards DIR go together (one sample per held-out condition)")
+    if args.caption_line < 0 or (args.caption_line and args.conditions is None):
+        raise UserError(f"--caption-line {args.caption_line}: a line number from 0, of each --conditions "
+                        "sample's caption (give --conditions CODES --out-shards DIR)")
     if args.conditions is not None:
         if args.out or args.caption or args.segmentation or args.prefix_image:
             raise UserError("--conditions takes each sample's condition from the code shards: drop --out, "
@@ -479,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "picture's bottom (generated) and top (given) half against the real scene of the same key")
     judge.set_defaults(func=_cmd_downstream_judge)
     for task, what in [("t2i", "text-to-image: objects found by shape and colour against each caption"),
+                       ("relations", "text-to-image from each relation line: relations held between the objects"),
                        ("semantic", "semantic image synthesis: mIoU against each class map"),
                        ("completion", "image completion from the top half: PSNR of the generated half"),
                        ("unconditional", "unconditional samples (the null condition)")]:
@@ -537,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out-shards", help="directory for samples-NNNNNN.tar and manifest.json (resumable)")
     generate.add_argument("--complete", action="store_true",
                           help="with --conditions: keep each sample's top half of codes and generate the rest")
+    generate.add_argument("--caption-line", type=int, default=0, help="with --conditions: the line of each "
+                          "sample's caption a caption-conditioned generator is given (the scenes' relation line: 2)")
     generate.set_defaults(func=_cmd_generate)
 
     export = sub.add_parser("export", help="a tokenizer directory (config.json + model.safetensors) that "

@@ -7,6 +7,7 @@ tokenizer's run.
 | task | the generator's condition | sampled with | scores |
 |---|---|---|---|
 | t2i | caption | the sample's first caption line | objects found (shape and colour), shapes found, fid_parser |
+| relations | caption | the sample's relation line ("a red circle left of a blue star") | relations held, both objects found, fid_parser |
 | semantic | segmentation | the sample's class map | mIoU against the map, fid_parser |
 | completion | caption | its caption and the top half of its real codes | PSNR of the generated and the given half, fid_parser |
 | unconditional | caption or segmentation | the null condition | fid_parser |
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vqct.config.schema import tracking_uri
+from vqct.data.scenes.language import RELATION_LINE
 from vqct.downstream.judge import FID_NOTE, judge
 from vqct.errors import UserError
 from vqct.records.code_manifest import read_code_manifest
@@ -37,12 +39,14 @@ class GenerationTask:
     conditions: tuple[str, ...]  # the generator conditions the task can use
     complete: bool = False
     null_condition: bool = False
+    caption_line: int = 0  # the line of each held-out caption the generator is given
 
 
-TASKS = {"t2i": GenerationTask(("caption",)), "semantic": GenerationTask(("segmentation",)),
-         "completion": GenerationTask(("caption",), complete=True),
+TASKS = {"t2i": GenerationTask(("caption",)), "relations": GenerationTask(("caption",), caption_line=RELATION_LINE),
+         "semantic": GenerationTask(("segmentation",)), "completion": GenerationTask(("caption",), complete=True),
          "unconditional": GenerationTask(("caption", "segmentation"), null_condition=True)}
-SCORES = {"t2i": ("objects_found", "shapes_found", "fid_parser"), "semantic": ("miou", "fid_parser"),
+SCORES = {"t2i": ("objects_found", "shapes_found", "fid_parser"),
+          "relations": ("relations_held", "relation_objects_found", "fid_parser"), "semantic": ("miou", "fid_parser"),
           "completion": ("completion_psnr_generated_half", "completion_psnr_given_half", "fid_parser"),
           "unconditional": ("fid_parser",)}
 
@@ -78,6 +82,8 @@ def run_generation_task(task: str, target: str, eval_dir: str, parser: str, real
     identity = read_code_manifest(eval_dir)["tokenizer"]
     if TASKS[task].null_condition:  # the null condition has no guidance to mix with
         sampling = SamplingConfig(**{**asdict(sampling), "null_condition": True, "cfg_scale": None})
+    if TASKS[task].caption_line:
+        sampling = SamplingConfig(**{**asdict(sampling), "caption_line": TASKS[task].caption_line})
     started = time.time()
     sampled = _sample(task, target, eval_dir, Path(out), sampling, seed)
     judged = judge([out], parser, real, limit, completion_of=scenes if task == "completion" else None,

@@ -18,7 +18,8 @@ from vqct.eval.scene_judge import AskedScene, asked_scenes, judge_scenes
 
 def _rotated(scenes: list[AskedScene]) -> list[AskedScene]:
     """The control: each picture judged against the next scene's ask (its map and objects)."""
-    return [AskedScene(s.key, s.picture, n.classes, n.objects) for s, n in zip(scenes, scenes[1:] + scenes[:1])]
+    return [AskedScene(s.key, s.picture, n.classes, n.objects, n.relation)
+            for s, n in zip(scenes, scenes[1:] + scenes[:1])]
 
 
 def _completion(scenes: list[AskedScene], of: list[str], size: int) -> dict:

@@ -10,6 +10,8 @@ from vqct.errors import UserError
 from vqct.records.command_output import read_last_json
 from vqct.tracking.compare import cell, mean_sd
 
+# Inception FID only where its weights file was there: "-" in a row without it.
+_FIDS = [("test/fid_parser", "fid_parser", "{:.4f}"), ("test/fid_inception", "Inception FID", "{:.2f}")]
 COLUMNS = {
     "vqa": [("test/accuracy", "accuracy", "{:.3f}"), ("test/accuracy_attribute", "attribute", "{:.3f}"),
             ("test/accuracy_count", "count", "{:.3f}"), ("test/accuracy_existence", "existence", "{:.3f}"),
@@ -19,12 +21,13 @@ COLUMNS = {
                 ("test/cider_d", "CIDEr-D", "{:.3f}"), ("test/meteor", "METEOR", "{:.3f}"),
                 ("test_compositional/cider_d", "CIDEr-D (compositional)", "{:.3f}")],
     "t2i": [("test/objects_found", "objects found", "{:.3f}"), ("test/shapes_found", "shapes found", "{:.3f}"),
-            ("test/fid_parser", "fid_parser", "{:.4f}")],
-    "semantic": [("test/miou", "mIoU", "{:.3f}"), ("test/fid_parser", "fid_parser", "{:.4f}")],
+            *_FIDS],
+    "relations": [("test/relations_held", "relations held", "{:.3f}"),
+                  ("test/relation_objects_found", "both objects found", "{:.3f}"), *_FIDS],
+    "semantic": [("test/miou", "mIoU", "{:.3f}"), *_FIDS],
     "completion": [("test/completion_psnr_generated_half", "PSNR generated half (dB)", "{:.2f}"),
-                   ("test/completion_psnr_given_half", "PSNR given half (dB)", "{:.2f}"),
-                   ("test/fid_parser", "fid_parser", "{:.4f}")],
-    "unconditional": [("test/fid_parser", "fid_parser", "{:.4f}")],
+                   ("test/completion_psnr_given_half", "PSNR given half (dB)", "{:.2f}"), *_FIDS],
+    "unconditional": _FIDS,
 }
 
 

@@ -5,6 +5,8 @@ each picture, against what the picture was asked for.
   line names every object by colour and shape), whether the picture holds a region the parser
   reads as that shape whose colour (eval/objects.py's reader, on the region's interior) is
   that colour; and, looser, whether it holds that shape at all;
+- relations: where the caption states one (the scenes' relation line), whether the picture
+  holds both objects and places them so (eval/scene_relations.py);
 - segmentation: mIoU of the parser's class map against the asked-for map (semantic synthesis);
 - FID in the parser's feature space (its bottleneck, averaged over positions) between real
   held-out scenes and the pictures: labelled `fid_parser`, not to be read as Inception FID.
@@ -27,6 +29,7 @@ from scipy import ndimage
 from vqct.data.scenes.truth import raw_samples, truth_of
 from vqct.eval.fid import InceptionFID
 from vqct.eval.objects import colour_of, interior
+from vqct.eval.scene_relations import AskedRelation, asked_relation, relation_seen
 from vqct.models.scene_parser import SceneParser
 
 MIN_REGION = 6  # pixels: smaller parsed blobs are edge noise at 64 px, not objects
@@ -38,6 +41,7 @@ class AskedScene:
     picture: np.ndarray  # (S, S, 3) uint8
     classes: np.ndarray  # (S, S) the asked-for class map (0 background, 1 + shape)
     objects: list[tuple[int, int]]  # (shape index, colour index) per object the caption names
+    relation: AskedRelation | None = None  # what the caption's relation line asks, if it has one
 
 
 def asked_scenes(urls: list[str], size: int) -> Iterator[AskedScene]:
@@ -50,8 +54,9 @@ def asked_scenes(urls: list[str], size: int) -> Iterator[AskedScene]:
         picture = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
         if picture.size != (size, size):
             picture = picture.resize((size, size), Image.BICUBIC)
+        caption = sample.get("txt", b"").decode("utf-8", errors="replace")
         yield AskedScene(sample["__key__"], np.asarray(picture, np.uint8), truth.classes,
-                         list(zip(truth.shapes, truth.colours)))
+                         list(zip(truth.shapes, truth.colours)), asked_relation(caption))
 
 
 def regions(parsed: np.ndarray) -> list[tuple[int, np.ndarray]]:
@@ -65,11 +70,17 @@ def regions(parsed: np.ndarray) -> list[tuple[int, np.ndarray]]:
     return found
 
 
-def objects_found(picture: np.ndarray, parsed: np.ndarray, asked: list[tuple[int, int]]) -> tuple[int, int]:
+def seen_objects(picture: np.ndarray, parsed: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+    """(shape, colour, mask) of every region the parser found, its colour read on its interior."""
+    return [(shape, colour_of(picture[interior(mask)]), mask) for shape, mask in regions(parsed)]
+
+
+def objects_found(picture: np.ndarray, parsed: np.ndarray, asked: list[tuple[int, int]],
+                  seen: list | None = None) -> tuple[int, int]:
     """(objects found with their shape and colour, objects found with their shape) of ASKED."""
-    seen = [(shape, colour_of(picture[interior(mask)])) for shape, mask in regions(parsed)]
-    both = sum((shape, colour) in seen for shape, colour in asked)
-    shapes = sum(any(s == shape for s, _ in seen) for shape, _ in asked)
+    pairs = [(shape, colour) for shape, colour, _ in (seen if seen is not None else seen_objects(picture, parsed))]
+    both = sum((shape, colour) in pairs for shape, colour in asked)
+    shapes = sum(any(s == shape for s, _ in pairs) for shape, _ in asked)
     return both, shapes
 
 
@@ -102,7 +113,7 @@ def judge_scenes(parser: SceneParser, scenes: Iterator[AskedScene], num_classes:
             fid.update(unit, real=True)
             if inception is not None:
                 inception.add(unit, real=True)
-    counts = {"both": 0, "shapes": 0, "objects": 0, "scenes": 0}
+    counts = {"both": 0, "shapes": 0, "objects": 0, "scenes": 0, "relations": 0, "pairs": 0, "held": 0}
     inter, union = np.zeros(num_classes), np.zeros(num_classes)
     batch: list[AskedScene] = []
 
@@ -110,10 +121,16 @@ def judge_scenes(parser: SceneParser, scenes: Iterator[AskedScene], num_classes:
         pictures = torch.from_numpy(np.stack([s.picture for s in batch])).permute(0, 3, 1, 2).float()
         parsed = parser(pictures / 127.5 - 1).argmax(1).numpy()
         for scene, classes in zip(batch, parsed):
-            both, shapes = objects_found(scene.picture, classes, scene.objects)
+            seen = seen_objects(scene.picture, classes)
+            both, shapes = objects_found(scene.picture, classes, scene.objects, seen)
             counts["both"] += both
             counts["shapes"] += shapes
             counts["objects"] += len(scene.objects)
+            if scene.relation is not None:
+                pair, held = relation_seen(seen, scene.relation)
+                counts["relations"] += 1
+                counts["pairs"] += pair
+                counts["held"] += held
             for cls in range(num_classes):
                 a, b = classes == cls, scene.classes == cls
                 inter[cls] += (a & b).sum()
@@ -137,6 +154,9 @@ def judge_scenes(parser: SceneParser, scenes: Iterator[AskedScene], num_classes:
     out = {"scenes": counts["scenes"], "objects": counts["objects"],
            "objects_found": counts["both"] / counts["objects"], "shapes_found": counts["shapes"] / counts["objects"],
            "miou": float((inter[present] / union[present]).mean())}
+    if counts["relations"]:  # the captions asked for relations (the relation line)
+        out.update(relations_asked=counts["relations"], relation_objects_found=counts["pairs"] / counts["relations"],
+                   relations_held=counts["held"] / counts["relations"])
     if fid is not None:
         out["fid_parser"] = float(fid.compute())
         if inception is not None:

@@ -57,6 +57,8 @@ def sample_to_shards(target: str, conditions: str, out: str, sampling, seed: int
                 "cfg_scale": sampling.cfg_scale, "use_cache": sampling.use_cache}
     if sampling.null_condition:  # only when set, so that the plans of earlier runs stay the same
         settings["null_condition"] = True
+    if sampling.caption_line:
+        settings["caption_line"] = sampling.caption_line
     plan = hashlib.sha256(json.dumps({"format": FORMAT, "generator": sha256_file(generator_dir / WEIGHTS_FILE),
                                       "sampling": settings, "seed": seed, "complete": complete,
                                       "sources": urls}).encode()).hexdigest()

@@ -1,8 +1,9 @@
 """One code shard of conditions -> one shard of generated images, for evaluating a generator.
 
 Each sample of the condition shard (a `vqct data tokenize` shard of held-out data) gets one
-generated image, conditioned on its first caption line or its segmentation (the generator's
-condition), or, with COMPLETE, continuing the top half of its own codes. The output is in the
+generated image, conditioned on a caption line (the first, or the sampling's caption_line) or
+its segmentation (the generator's condition), or, with COMPLETE, continuing the top half of its
+own codes. The output is in the
 LAION layout the loader and `vqct eval` read: `jpg` (the generated image), `txt` (the caption
 used), and the condition sample's ground truth (`json`, `seg.png`, `inst.png`) and real codes
 (`real.codes.npy`), so the judges compare each sample with what it was asked for.
@@ -28,9 +29,10 @@ from vqct.stage2.sampling import SamplingConfig
 REAL_CODES_EXT = "real.codes.npy"
 
 
-def _first_line(raw: bytes) -> str:
-    text = raw.decode("utf-8", errors="replace").strip()
-    return text.splitlines()[0].strip() if text else ""
+def _caption_line(raw: bytes, index: int) -> str:
+    """Line INDEX of the caption (its first line where it has fewer)."""
+    lines = [line.strip() for line in raw.decode("utf-8", errors="replace").splitlines() if line.strip()]
+    return (lines[index] if index < len(lines) else lines[0]) if lines else ""
 
 
 def _write(sink, samples: list[dict], images: torch.Tensor, captions: list[str]) -> None:
@@ -43,7 +45,7 @@ def _write(sink, samples: list[dict], images: torch.Tensor, captions: list[str])
 
 def _sample_batch(gen, tokenizer, samples: list[dict], sampling: SamplingConfig, seed: int, complete: bool):
     layout = gen.model.layout
-    captions = [_first_line(s.get("txt", b"")) for s in samples]
+    captions = [_caption_line(s.get("txt", b""), sampling.caption_line) for s in samples]
     cond_name = gen.config.condition.name
     real = torch.stack([torch.from_numpy(np.load(io.BytesIO(s[CODES_EXT])).astype(np.int64)) for s in samples])
     prefix = real[:, : layout.height // 2].reshape(len(samples), -1, layout.columns) if complete else None

@@ -27,10 +27,14 @@ class SamplingConfig:
     # Unconditional samples from a conditional generator: every sample gets the null condition
     # its condition dropout trained (what guidance mixes in), whatever condition is passed.
     null_condition: bool = False
+    # Which line of each condition sample's caption a caption-conditioned generator is given
+    # (for evaluating over held-out conditions; the scenes' relation line is 2).
+    caption_line: int = 0
 
     def check(self) -> None:
-        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"sampling: temperature >= 0, top_k >= 0 and 0 < top_p <= 1 (got {self})")
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1 or self.caption_line < 0:
+            raise ValueError(f"sampling: temperature >= 0, top_k >= 0, 0 < top_p <= 1 and caption_line >= 0 "
+                             f"(got {self})")
         if self.null_condition and self.cfg_scale is not None:
             raise ValueError("sampling: the null condition samples unconditionally; guidance (cfg_scale) "
                              "has nothing to mix with it")

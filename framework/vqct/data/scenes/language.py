@@ -50,6 +50,9 @@ def salient(graph: SceneGraph) -> int:
     return max(range(len(graph.objects)), key=lambda i: (order[graph.objects[i].size], graph.objects[i].depth))
 
 
+RELATION_LINE = 2  # captions()' line that states a relation between two objects (where one holds)
+
+
 def captions(graph: SceneGraph, rng: random.Random) -> list[str]:
     objects, where = graph.objects, _BACKGROUND_WORDS[graph.background.kind]
     everything = [_article(phrase(o, rng)) for o in objects]
