@@ -76,6 +76,11 @@ def test_caption_line_without_conditions(tmp_path):
                        "--caption-line 2", "--conditions CODES --out-shards DIR")
 
 
+def test_code_set_into_a_bare_bucket(tmp_path):
+    _assert_user_error(_run(["data", "tokenize", str(tmp_path), str(tmp_path), "--out", "s3://bucket"]),
+                       "--out s3://bucket: give s3://BUCKET/PREFIX")
+
+
 def test_code_set_that_is_not_one(tmp_path):
     _assert_user_error(_run(["train", "generator_shapes", f"data.train_codes={tmp_path}"]),
                        f"data.train_codes: {tmp_path} is not a code-shard directory", "vqct data tokenize")

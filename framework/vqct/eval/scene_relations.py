@@ -7,7 +7,9 @@ come and go). On the picture, the objects are the parsed regions of that shape w
 reads that colour; the relation holds when some subject region and object region satisfy it:
 left of, right of, above and below by the centres of the visible regions with the margin the
 scenes themselves use (data/scenes/world.py's `holds`), inside by the subject's box lying in
-the object's. "in front of" is about depth, which a class map does not show: not judged.
+the object's. "in front of" is about depth, which a class map does not show: not judged; nor
+is a relation between two objects of one shape and colour (the line tells them apart by size
+or pattern only).
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ def asked_relation(caption: str) -> AskedRelation | None:
             head, found, tail = line.partition(f" {relation} ")
             subject, obj = _named(head), _named(tail)
             if found and subject and obj:
-                return AskedRelation(subject, relation, obj) if relation in JUDGED else None
+                # two objects told apart only by size or pattern, which the judge does not read
+                judged = relation in JUDGED and subject != obj
+                return AskedRelation(subject, relation, obj) if judged else None
     return None
 
 

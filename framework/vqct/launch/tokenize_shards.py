@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from vqct.errors import UserError
 from vqct.files import atomic_write_text
 from vqct.launch.shard_tasks import run_shard_tasks
 from vqct.records.code_manifest import FORMAT, MANIFEST, TOKENIZER_DIR, tokenizer_identity
-from vqct.records.storage import is_remote, local_copy, run_storage
+from vqct.records.storage import SCHEME, is_remote, local_copy, mirror_root, run_storage
 
 
 def _tokenize_one(directory: str, url: str, out: str, batch_size: int) -> dict:
@@ -34,17 +36,20 @@ def _tokenize_one(directory: str, url: str, out: str, batch_size: int) -> dict:
     from vqct.tokenizer.pretrained import from_pretrained
 
     torch.set_num_threads(1)  # one CPU per task, as the task asks of Ray
-    mirror = f"task{os.getpid()}"  # a Ray worker process runs one task at a time
-    model, cfg = from_pretrained(local_copy(directory, mirror))
-    if not is_remote(out):
-        return tokenize_shard(model, cfg.data.image_size, url, Path(out), batch_size)
-    storage, name = run_storage(out, mirror)
-    local = storage.local / name
-    local.parent.mkdir(parents=True, exist_ok=True)
-    entry = tokenize_shard(model, cfg.data.image_size, url, local, batch_size)
-    storage.push(name)
-    local.unlink()
-    return entry
+    # A mirror of this task's own (a Ray worker process runs one task at a time; the host's
+    # name keeps two nodes apart on a scratch they share), removed when the task ends.
+    mirror = f"task-{socket.gethostname()}-{os.getpid()}"
+    try:
+        model, cfg = from_pretrained(local_copy(directory, mirror))
+        if not is_remote(out):
+            return tokenize_shard(model, cfg.data.image_size, url, Path(out), batch_size)
+        storage, name = run_storage(out, mirror)
+        (storage.local / name).parent.mkdir(parents=True, exist_ok=True)
+        entry = tokenize_shard(model, cfg.data.image_size, url, storage.local / name, batch_size)
+        storage.push(name)
+        return entry
+    finally:
+        shutil.rmtree(mirror_root() / mirror, ignore_errors=True)
 
 
 class _Output:
@@ -88,6 +93,8 @@ def tokenize_to_shards(target: str, data, out: str, batch_size: int = 64, tracki
 
     if batch_size < 1:
         raise UserError(f"--batch-size={batch_size} must be at least 1")
+    if is_remote(out) and "/" not in out[len(SCHEME):].strip("/"):
+        raise UserError(f"--out {out}: give s3://BUCKET/PREFIX, a prefix under the bucket for the code set")
     resolved = resolve_tokenizer(target, tracking_uri)
     urls = resolve_shards(data, "SHARDS")
     output = _Output(out)
