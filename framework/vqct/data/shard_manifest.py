@@ -28,9 +28,11 @@ def intact(directory: Path, entry: dict) -> bool:
     return path.is_file() and path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]
 
 
-def kept_shards(directory: Path, plan: str) -> dict[str, dict]:
-    """The entries of DIRECTORY's manifest whose shards a run of PLAN can keep."""
+def kept_shards(directory: Path, plan: str, whole=None) -> dict[str, dict]:
+    """The entries of DIRECTORY's manifest whose shards a run of PLAN can keep: those WHOLE(entry)
+    says are there as written (default: intact in DIRECTORY, by size and sha256)."""
     previous = read_manifest(directory / "manifest.json") or {}
     if previous.get("plan") != plan:
         return {}
-    return {e["name"]: e for e in previous.get("shards", []) if intact(directory, e)}
+    whole = whole or (lambda entry: intact(directory, entry))
+    return {e["name"]: e for e in previous.get("shards", []) if whole(e)}

@@ -19,19 +19,17 @@ from typing import Any
 from braceexpand import braceexpand
 
 from vqct.errors import UserError
+from vqct.records.storage import SCHEME, s3_filesystem
 
 _SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-S3 = "s3://"
 
 
 def _s3_prefix(spec: str) -> list[str]:
     """s3://BUCKET/PREFIX -> the shard objects under it, sorted."""
     from pyarrow import fs
 
-    from vqct.records.storage import s3_filesystem
-
-    found = s3_filesystem().get_file_info(fs.FileSelector(spec[len(S3):].rstrip("/"), allow_not_found=True))
-    return sorted(S3 + i.path for i in found if i.type == fs.FileType.File and i.path.endswith(_SHARD_SUFFIXES))
+    found = s3_filesystem().get_file_info(fs.FileSelector(spec[len(SCHEME):].rstrip("/"), allow_not_found=True))
+    return sorted(SCHEME + i.path for i in found if i.type == fs.FileType.File and i.path.endswith(_SHARD_SUFFIXES))
 
 
 def is_remote(url: str) -> bool:
@@ -40,7 +38,7 @@ def is_remote(url: str) -> bool:
 
 def _expand_one(spec: str) -> list[str]:
     spec = os.path.expanduser(spec.removeprefix("file://"))
-    if spec.startswith(S3) and not spec.endswith(_SHARD_SUFFIXES) and "{" not in spec:
+    if spec.startswith(SCHEME) and not spec.endswith(_SHARD_SUFFIXES) and "{" not in spec:
         return _s3_prefix(spec)
     if is_remote(spec):
         return list(braceexpand(spec))

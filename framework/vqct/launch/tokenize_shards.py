@@ -18,7 +18,7 @@ import socket
 import sys
 from pathlib import Path
 
-from vqct.data.shard_manifest import kept_shards, read_manifest
+from vqct.data.shard_manifest import kept_shards
 from vqct.data.shards import resolve_shards
 from vqct.errors import UserError
 from vqct.files import atomic_write_text
@@ -74,11 +74,9 @@ class _Output:
         there at its size (an object is written whole or not at all; none is downloaded)."""
         if not self.storage:
             return kept_shards(self.dir, plan)
-        previous = read_manifest(self.storage.pull(f"{self.name}/{MANIFEST}")) or {}
-        if previous.get("plan") != plan:
-            return {}
+        self.storage.pull(f"{self.name}/{MANIFEST}")
         sizes = self.storage.file_sizes(self.name)
-        return {e["name"]: e for e in previous.get("shards", []) if sizes.get(e["name"]) == e["bytes"]}
+        return kept_shards(self.dir, plan, lambda entry: sizes.get(entry["name"]) == entry["bytes"])
 
 
 def _plan(digest: str, urls: list[str]) -> str:

@@ -44,25 +44,36 @@ def read_state(directory: Path) -> dict:
         raise DamagedCheckpoint(f"{STATE_FILE} unreadable ({exc})") from None
 
 
-def verify_checkpoint(directory: Path) -> dict:
-    """Returns the checkpoint's state; raises DamagedCheckpoint naming the first fault."""
-    state = read_state(directory)
-    for rank in range(int(state.get("world_size", 1))):
+def _world_size(state: dict) -> int:
+    return int(state.get("world_size", 1))
+
+
+def _listed_files(directory: Path, state: dict) -> dict[str, list]:
+    """Every file the ranks' manifests in DIRECTORY list: name -> [size, sha256]; raises
+    DamagedCheckpoint when a manifest is missing or unreadable."""
+    files = {}
+    for rank in range(_world_size(state)):
         manifest = directory / MANIFEST.format(rank=rank)
         try:
-            files = json.loads(manifest.read_text())["files"]
+            files.update(json.loads(manifest.read_text())["files"])
         except FileNotFoundError:
             raise DamagedCheckpoint(f"rank {rank}'s manifest is missing (write cut short)") from None
         except (OSError, ValueError, KeyError) as exc:
             raise DamagedCheckpoint(f"{manifest.name} unreadable ({exc})") from None
-        for name, (size, digest) in files.items():
-            path = directory / name
-            if not path.is_file():
-                raise DamagedCheckpoint(f"{name} is missing")
-            if path.stat().st_size != size:
-                raise DamagedCheckpoint(f"{name} has {path.stat().st_size} bytes, expected {size}")
-            if sha256_file(path) != digest:
-                raise DamagedCheckpoint(f"{name} does not match its checksum")
+    return files
+
+
+def verify_checkpoint(directory: Path) -> dict:
+    """Returns the checkpoint's state; raises DamagedCheckpoint naming the first fault."""
+    state = read_state(directory)
+    for name, (size, digest) in _listed_files(directory, state).items():
+        path = directory / name
+        if not path.is_file():
+            raise DamagedCheckpoint(f"{name} is missing")
+        if path.stat().st_size != size:
+            raise DamagedCheckpoint(f"{name} has {path.stat().st_size} bytes, expected {size}")
+        if sha256_file(path) != digest:
+            raise DamagedCheckpoint(f"{name} does not match its checksum")
     return state
 
 
@@ -109,18 +120,14 @@ def newest_stored_checkpoint(storage, run_name: str) -> str | None:
     for name in _stored_newest_first(storage, run_name):
         rel = f"{run_name}/{name}"
         try:
-            world = int(read_state(storage.pull(f"{rel}/{STATE_FILE}").parent).get("world_size", 1))
+            state = read_state(storage.pull(f"{rel}/{STATE_FILE}").parent)
+            for rank in range(_world_size(state)):
+                storage.pull(f"{rel}/{MANIFEST.format(rank=rank)}")
+            listed = _listed_files(storage.local / rel, state)
         except DamagedCheckpoint:
             continue
         sizes = storage.file_sizes(rel)
-        listed = {}
-        for rank in range(world):
-            try:
-                listed.update(json.loads(storage.pull(f"{rel}/{MANIFEST.format(rank=rank)}").read_text())["files"])
-            except (OSError, ValueError, KeyError):
-                listed = None
-                break
-        if listed is not None and all(sizes.get(f) == size for f, (size, _) in listed.items()):
+        if all(sizes.get(f) == size for f, (size, _) in listed.items()):
             return name
     return None
 
