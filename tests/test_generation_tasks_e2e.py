@@ -1,7 +1,8 @@
 """The generation tasks of `vqct downstream` end to end on the real stack: scenes -> a
 tokenizer's code sets (Ray tasks) -> a caption-conditioned generator directory -> t2i,
 relations (each caption's relation line), completion and unconditional samples (Ray tasks)
-judged by a scene parser, each an MLflow run tagged with its task, and a generator of the wrong condition refused. Tiny and untrained: what
+judged by a scene parser, each an MLflow run tagged with its task, and a generator of the wrong condition refused;
+and t2i on packed COCO, where no parser applies, scored by Inception FID alone. Tiny and untrained: what
 is pinned is the wiring and the bookkeeping (every held-out scene sampled and judged, completion
 matched to its real scene by key), not the quality. Training a generator on Ray Train and
 DeepSpeed, and the run directory -> generator directory export, are test_generator_e2e's."""
@@ -10,8 +11,10 @@ import json
 import subprocess
 
 import mlflow
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import vqct_cmd
 from vqct.config import load_recipe
@@ -98,3 +101,51 @@ def test_t2i_relations_completion_and_unconditional_are_sampled_judged_and_track
     runs = mlflow.MlflowClient(uri).search_runs(
         [e.experiment_id for e in mlflow.MlflowClient(uri).search_experiments()], "tags.`vqct.task` != ''")
     assert sorted(r.data.tags["vqct.task"] for r in runs) == ["completion", "relations", "t2i", "unconditional"]
+
+
+def _coco_tree(root, pictures):
+    """A COCO val tree: PICTURES random images of odd sizes, two captions each."""
+    rng = np.random.default_rng(0)
+    (root / "val2017").mkdir(parents=True)
+    for i in range(pictures):
+        Image.fromarray(rng.integers(0, 255, (48, 40 + i, 3), dtype=np.uint8)).save(root / "val2017" / f"{i:012d}.jpg")
+    annotations = {"images": [{"id": i, "file_name": f"{i:012d}.jpg"} for i in range(pictures)],
+                   "annotations": [{"image_id": i, "caption": f"a picture number {i} {k}"}
+                                   for i in range(pictures) for k in range(2)]}
+    (root / "captions_val2017.json").write_text(json.dumps(annotations))
+
+
+def test_t2i_on_packed_coco_is_scored_by_inception_fid_alone(tmp_path, inception_file):
+    _coco_tree(tmp_path, 8)
+    proc, _ = _vqct(["data", "pack", "coco", "--annotations", "captions_val2017.json", "--images", "val2017",
+                     "--out", "coco", "--split", "val", "--workers", "1"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = load_recipe("vqgan_scenes")
+    torch.manual_seed(0)
+    save_pretrained(build_tokenizer(cfg), cfg, tmp_path / "tok")
+    proc, _ = _vqct(["data", "tokenize", "tok", "coco/val", "--out", "codes/coco"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    generator = str(_untrained_generator(tmp_path / "codes" / "coco", tmp_path / "generator"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    common = ["--eval", "codes/coco", "--real", "coco/val", "--top-k", "16", "--tracking-uri", uri]
+
+    # refused in one line, before anything is sampled: no weights file, or a task that needs the parser
+    for task, weights, said in [("t2i", "none.pth", "give --inception-weights FILE"),
+                                ("completion", str(inception_file), "give --parser FILE")]:
+        proc, _ = _vqct(["downstream", task, generator, "--out", f"samples/{task}", "--inception-weights", weights,
+                         *common], tmp_path)
+        assert proc.returncode == 2 and said in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+        assert not (tmp_path / "samples" / task).exists()
+
+    proc, result = _vqct(["downstream", "t2i", generator, "--out", "samples/t2i", "--inception-weights",
+                          str(inception_file), *common], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scores = result["scores"]
+    assert set(scores) == {"coco/fid_inception", "coco/pictures", "coco/real_pictures"}, scores
+    assert scores["coco/pictures"] == scores["coco/real_pictures"] == 8 and scores["coco/fid_inception"] > 0
+    # each picture drawn from its own image's first caption
+    drawn = {s["__key__"]: s["txt"].decode() for s in raw_samples(_shards(tmp_path / "samples" / "t2i"))}
+    packed = {s["__key__"]: s["txt"].decode().splitlines()[0] for s in raw_samples(_shards(tmp_path / "coco" / "val"))}
+    assert drawn == packed and len(drawn) == 8
+    run = mlflow.MlflowClient(uri).get_run(result["run_id"])
+    assert run.data.tags["vqct.task"] == "t2i" and run.data.metrics["coco/fid_inception"] == scores["coco/fid_inception"]

@@ -89,22 +89,6 @@ def test_completion_is_scored_on_the_generated_half_against_the_same_key(scenes)
     assert found["completion_psnr_generated_half"] < 15
 
 
-@pytest.fixture(scope="module")
-def inception_file(tmp_path_factory):
-    """torch-fidelity's Inception-v3 with random weights, saved as its weights file: the real
-    extractor and FID path without the download (the values it gives mean nothing)."""
-    from unittest import mock
-
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    torch.manual_seed(0)
-    with mock.patch("torch.load", return_value={}), mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict"):
-        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="unused")
-    path = tmp_path_factory.mktemp("inception") / "inception.pth"
-    torch.save(net.state_dict(), path)
-    return path
-
-
 def test_inception_fid_joins_fid_parser_where_its_weights_are_and_says_so_where_not(scenes, inception_file, tmp_path):
     from vqct.eval.fid import InceptionFID
     from vqct.models.scene_parser import SceneParser

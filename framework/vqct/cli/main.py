@@ -327,9 +327,13 @@ def _cmd_bench_gcn(args: argparse.Namespace) -> dict:
 TRACKING_URI_HELP = "the MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
 
 
-def _add_judge_inputs(parser: argparse.ArgumentParser, real_required: bool) -> None:
-    """What the scene judge reads, shared by vqct downstream judge and the generation tasks."""
-    parser.add_argument("--parser", required=True, help="the scene parser file (vqct parser)")
+def _add_judge_inputs(parser: argparse.ArgumentParser, real_required: bool, parser_optional: bool = False) -> None:
+    """What the scene judge reads, shared by vqct downstream judge and the generation tasks (where
+    --parser may be left out on real data: t2i and unconditional then score Inception FID only)."""
+    parser.add_argument("--parser", required=not parser_optional,
+                        help="the scene parser file (vqct parser)" + (
+                            "; leave out on real data (COCO, CUB): t2i and unconditional are then scored by "
+                            "Inception FID against --real alone" if parser_optional else ""))
     parser.add_argument("--real", nargs="+", required=real_required,
                         help="held-out real scenes for FID in the parser's feature space (fid_parser)")
     parser.add_argument("--limit", type=int, help="judge only the first N scenes (and N real ones)")
@@ -490,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "from a generator, judged by the scene parser")
         one.add_argument("target", help="a trained generator (run directory, run name, checkpoint or directory)")
         one.add_argument("--eval", required=True, help="held-out code set of the generator's tokenizer")
-        _add_judge_inputs(one, real_required=True)
+        _add_judge_inputs(one, real_required=True, parser_optional=True)
         one.add_argument("--out", required=True, help="directory for the sample shards (resumable)")
         one.add_argument("--scenes", nargs="+", help="completion: the real scenes the --eval codes were made from")
         _add_sampling(one)

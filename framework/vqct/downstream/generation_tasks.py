@@ -16,6 +16,10 @@ fid_parser is the Frechet distance in the scene parser's feature space against `
 scenes, labelled as such: not Inception FID (docs/downstream.md). Inception FID (fid_inception)
 joins it, logged like the other scores, where torch-fidelity's weights file is on disk
 (`--inception-weights`).
+
+On real data (`vqct data pack coco|cub` shards, tokenized) no scene parser applies: without
+`--parser`, t2i and unconditional are scored by Inception FID against `--real` alone, and the
+weights file is then required.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 
 from vqct.config.schema import tracking_uri
 from vqct.data.scenes.language import RELATION_LINE
-from vqct.downstream.judge import FID_NOTE, judge
+from vqct.downstream.judge import FID_NOTE, judge, picture_fid, require_inception_weights
 from vqct.errors import UserError
 from vqct.records.code_manifest import read_code_manifest
 from vqct.stage2.sampling import SamplingConfig
@@ -49,6 +53,7 @@ SCORES = {"t2i": ("objects_found", "shapes_found", "fid_parser"),
           "relations": ("relations_held", "relation_objects_found", "fid_parser"), "semantic": ("miou", "fid_parser"),
           "completion": ("completion_psnr_generated_half", "completion_psnr_given_half", "fid_parser"),
           "unconditional": ("fid_parser",)}
+FID_ONLY = ("t2i", "unconditional")  # the tasks with a score that needs no scene parser (real data)
 
 
 def _generator_condition(generator_dir: Path) -> str:
@@ -70,13 +75,34 @@ def _sample(task: str, target: str, eval_dir: str, out: Path, sampling: Sampling
     return sample_to_shards(str(generator_dir), eval_dir, str(out), sampling, seed, spec.complete)
 
 
-def run_generation_task(task: str, target: str, eval_dir: str, parser: str, real: list[str], out: str,
+def _check_judge(task: str, parser: str | None, real: list[str], inception_weights: str | None) -> None:
+    if parser is not None:
+        return
+    if task not in FID_ONLY:
+        raise UserError(f"downstream {task} is scored against the scenes' ground truth: give --parser FILE (vqct "
+                        f"parser); without one only {' and '.join(FID_ONLY)} run, scored by Inception FID")
+    if not real:
+        raise UserError(f"downstream {task} without --parser scores Inception FID against real pictures: give --real DIR")
+    require_inception_weights(inception_weights)
+
+
+def _judged(task: str, out: str, parser: str | None, real: list[str], limit: int | None, scenes: list[str] | None,
+            inception_weights: str | None, image_size: int) -> dict:
+    if parser is None:
+        return picture_fid([out], real, image_size, limit, inception_weights)
+    return judge([out], parser, real, limit, completion_of=scenes if task == "completion" else None,
+                 inception_weights=inception_weights)["judge"]
+
+
+def run_generation_task(task: str, target: str, eval_dir: str, parser: str | None, real: list[str], out: str,
                         sampling: SamplingConfig, seed: int = 0, scenes: list[str] | None = None,
                         limit: int | None = None, uri: str | None = None, inception_weights: str | None = None) -> dict:
     """Sample TASK's pictures for EVAL_DIR's conditions into OUT, judge them; the results.
-    SCENES: the real scenes EVAL_DIR was tokenized from (completion's PSNR)."""
+    SCENES: the real scenes EVAL_DIR was tokenized from (completion's PSNR). Without PARSER
+    (real data), Inception FID against REAL is the one score (t2i and unconditional)."""
     if task not in TASKS:
         raise UserError(f"downstream generation task {task!r}: give one of {', '.join(TASKS)}")
+    _check_judge(task, parser, real, inception_weights)
     if task == "completion" and not scenes:
         raise UserError("downstream completion: give --scenes DIR, the real scenes the --eval codes were made from")
     identity = read_code_manifest(eval_dir)["tokenizer"]
@@ -86,8 +112,7 @@ def run_generation_task(task: str, target: str, eval_dir: str, parser: str, real
         sampling = SamplingConfig(**{**asdict(sampling), "caption_line": TASKS[task].caption_line})
     started = time.time()
     sampled = _sample(task, target, eval_dir, Path(out), sampling, seed)
-    judged = judge([out], parser, real, limit, completion_of=scenes if task == "completion" else None,
-                   inception_weights=inception_weights)["judge"]
+    judged = _judged(task, out, parser, real, limit, scenes, inception_weights, identity["image_size"])
     name = Path(eval_dir).resolve().name
     scores = {f"{name}/{k}": v for k, v in judged.items() if isinstance(v, (int, float))}
     settings = {"generator": str(target), "seed": seed, **asdict(sampling), "limit": limit}

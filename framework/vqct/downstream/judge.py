@@ -1,17 +1,22 @@
 """`vqct downstream judge SHARDS --parser FILE`: the scene judge (eval/scene_judge.py) over a
 set of scenes, generated (`vqct generate --conditions CODES --out-shards DIR` keeps each
 sample's condition truth) or real (the judge's own accuracy), with FID in the parser's
-feature space against `--real` held-out scenes, and Inception FID where its weights file is."""
+feature space against `--real` held-out scenes, and Inception FID where its weights file is.
+`picture_fid`: Inception FID alone, for pictures of real data (COCO, CUB) that no scene parser
+can read."""
 
 from __future__ import annotations
 
 from itertools import islice
 
-from vqct.data.scenes.truth import read_scenes
+import torch
+
+from vqct.data.decode import IMAGE_EXTS, decode_image
+from vqct.data.scenes.truth import raw_samples, read_scenes
 from vqct.data.shards import resolve_shards
 from vqct.errors import UserError
 from vqct.eval.completion import completion_scores
-from vqct.eval.fid import InceptionFID
+from vqct.eval.fid import WEIGHTS_FILE, InceptionFID, weights_path
 from vqct.eval.objects import load_parser
 from vqct.eval.scene_judge import AskedScene, asked_scenes, judge_scenes
 
@@ -51,3 +56,44 @@ def judge(shards: list[str], parser_path: str, real: list[str] | None = None, li
         scores.update(_completion(scenes, completion_of, size))
     return {"shards": shards, "parser": parser_path, "mismatched": mismatched,
             "real": real, "judge": scores, "fid_note": FID_NOTE}
+
+
+def _add_pictures(inception: InceptionFID, urls: list[str], size: int, limit: int | None, real: bool) -> int:
+    """Every picture of URLS (up to LIMIT), centre-cropped to SIZE as vqct eval reads them."""
+    count, batch = 0, []
+    for sample in raw_samples(urls):
+        data = next((sample[ext] for ext in IMAGE_EXTS if ext in sample), None)
+        if data is None:
+            continue
+        batch.append(decode_image(data, size).add(1).div(2))
+        count += 1
+        if len(batch) == 64 or count == limit:
+            inception.add(torch.stack(batch), real=real)
+            batch = []
+        if count == limit:
+            break
+    if batch:
+        inception.add(torch.stack(batch), real=real)
+    return count
+
+
+def require_inception_weights(inception_weights: str | None) -> None:
+    """Refuse, before any sampling, a judge that has nothing to score with."""
+    path = weights_path(inception_weights)
+    if not path.is_file():
+        raise UserError(f"without --parser the only score is Inception FID, and there is no Inception weights file at "
+                        f"{path}: give --inception-weights FILE (torch-fidelity's {WEIGHTS_FILE})")
+
+
+def picture_fid(shards: list[str], real: list[str], size: int, limit: int | None = None,
+                inception_weights: str | None = None) -> dict:
+    """Inception FID of the pictures of SHARDS against REAL ones at SIZE: the score of t2i and
+    unconditional generation on data without the scenes' ground truth."""
+    require_inception_weights(inception_weights)
+    inception = InceptionFID(inception_weights, "cpu")
+    pictures = _add_pictures(inception, resolve_shards(shards, "SHARDS"), size, limit, real=False)
+    real_pictures = _add_pictures(inception, resolve_shards(real, "--real"), size, limit, real=True)
+    if pictures < 2 or real_pictures < 2:
+        raise UserError(f"Inception FID needs at least 2 pictures on each side; found {pictures} generated and "
+                        f"{real_pictures} real")
+    return {"fid_inception": inception.compute(), "pictures": pictures, "real_pictures": real_pictures}

@@ -20,12 +20,17 @@ def default_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
 
 
+def weights_path(weights: str | Path | None) -> Path:
+    """The Inception weights file a command uses: WEIGHTS where given, else the default."""
+    return Path(weights).expanduser() if weights else default_weights_path()
+
+
 class InceptionFID:
     """Inception FID between a real and a generated set; `compute()` returns it, or the reason
     it was skipped (no weights file: nothing is downloaded)."""
 
     def __init__(self, weights: str | Path | None, device):
-        self.path = Path(weights).expanduser() if weights else default_weights_path()
+        self.path = weights_path(weights)
         self.metric = None
         if self.path.is_file():
             from torchmetrics.image.fid import FrechetInceptionDistance
