@@ -32,7 +32,7 @@ SCENES_PARSER ?= parsers/scenes64.pt
 # make compare: the five recipes of DATA (shapes or scenes) over SEEDS with the same steps, image
 # size and codebook capacity (shapes: 256 codes, vqgan_shapes' 256 = vqct_shapes' 128 adjectives
 # + 128 nouns; scenes: 1,024 = 512 + 512), each run followed by vqct eval on the held-out
-# shards, then one table of mean ± sd per recipe. Finished runs are kept: rerun to resume.
+# shards, then one table of mean ± sd per recipe. Finished runs are kept and a stopped one goes on from its last checkpoint: rerun to resume.
 DATA ?= shapes
 SEEDS ?= 0 1 2
 ifeq ($(DATA),scenes)
@@ -109,26 +109,32 @@ $(SCENES_DATA)/manifest.json: | $(STAMP)
 $(SCENES_PARSER): | $(STAMP) $(SCENES_DATA)/manifest.json
 	$(VENV)/bin/vqct parser --data $(SCENES_DATA)/train --val $(SCENES_DATA)/test --out $@
 
-# train_eval OUT RECIPE ARGS DATA EVAL_ARGS: train unless OUT.eval.json exists, then evaluate on
-# DATA's held-out shards.
+# train_eval OUT RECIPE ARGS DATA EVAL_ARGS RUN: train RECIPE as run RUN (under the default
+# trainer.storage_path) unless OUT.json already names its final checkpoint, then evaluate on
+# DATA's held-out shards unless OUT.eval.json exists. A run that was stopped part way (the
+# machine went away, Ctrl-C) is resumed from its last checkpoint, not started again.
 define train_eval
 test -s $(1).eval.json || { \
-  $(VENV)/bin/vqct train $(2) $(3) | tee $(1).json && \
-  checkpoint=$$($(PY) -c 'import sys; from vqct.records.command_output import read_last_json; print(read_last_json(sys.argv[1])["checkpoint"])' $(1).json) && \
+  { $(PY) -c '$(LAST_CHECKPOINT)' $(1).json >/dev/null 2>&1 || { \
+    resume=; test -f $(RUN_STORAGE)/$(6)/vqct_run.json && resume=trainer.resume=true; \
+    $(VENV)/bin/vqct train $(2) $(3) trainer.run_name=$(6) $$resume | tee $(1).json; }; } && \
+  checkpoint=$$($(PY) -c '$(LAST_CHECKPOINT)' $(1).json) && \
   $(VENV)/bin/vqct eval $$checkpoint --data $(4)/val $(5) | tee $(1).eval.json; }
 endef
+RUN_STORAGE := runs
+LAST_CHECKPOINT := import sys; from vqct.records.command_output import read_last_json; print(read_last_json(sys.argv[1])["checkpoint"])
 
 compare: $(STAMP) $(COMPARE_NEEDS)
 	@mkdir -p $(COMPARE_OUT)
 	set -o pipefail; for r in $(COMPARE_RECIPES); do for s in $(SEEDS); do \
-	  $(call train_eval,$(COMPARE_OUT)/$$r-seed$$s,$$r,seed=$$s $(COMPARE_ARGS),$(COMPARE_DATA),$(COMPARE_EVAL_ARGS)) || exit 1; \
+	  $(call train_eval,$(COMPARE_OUT)/$$r-seed$$s,$$r,seed=$$s $(COMPARE_ARGS),$(COMPARE_DATA),$(COMPARE_EVAL_ARGS),$(notdir $(COMPARE_OUT))-$$r-seed$$s) || exit 1; \
 	done; done
 	$(VENV)/bin/vqct compare $(foreach r,$(COMPARE_RECIPES),$(foreach s,$(SEEDS),$(COMPARE_OUT)/$(r)-seed$(s).json))
 
 capacity: $(STAMP) $(SCENES_DATA)/manifest.json $(SCENES_PARSER)
 	@mkdir -p runs/capacity
 	set -o pipefail; for s in $(SEEDS); do for k in $(CAPACITY_CODES); do \
-	  $(call train_eval,runs/capacity/codes$$k-seed$$s,vqgan_scenes,seed=$$s quantizer.codebook_size=$$k trainer.run_name=capacity-codes$$k-seed$$s,$(SCENES_DATA),--parser $(SCENES_PARSER)) || exit 1; \
+	  $(call train_eval,runs/capacity/codes$$k-seed$$s,vqgan_scenes,seed=$$s quantizer.codebook_size=$$k,$(SCENES_DATA),--parser $(SCENES_PARSER),capacity-codes$$k-seed$$s) || exit 1; \
 	done; done
 	$(VENV)/bin/vqct compare $(foreach s,$(SEEDS),$(foreach k,$(CAPACITY_CODES),runs/capacity/codes$(k)-seed$(s).json))
 
@@ -137,7 +143,7 @@ downstream: $(STAMP) $(SCENES_DATA)/manifest.json $(SCENES_PARSER)
 	set -o pipefail; for r in $(DOWNSTREAM_RECIPES); do for s in $(SEEDS); do \
 	  run=runs/compare-scenes/$$r-seed$$s.json; codes=$(DOWNSTREAM_CODES)/$$r-seed$$s; \
 	  test -s $$run || { echo "no $$run: run make compare DATA=scenes first"; exit 2; }; \
-	  checkpoint=$$($(PY) -c 'import sys; from vqct.records.command_output import read_last_json; print(read_last_json(sys.argv[1])["checkpoint"])' $$run) || exit 1; \
+	  checkpoint=$$($(PY) -c '$(LAST_CHECKPOINT)' $$run) || exit 1; \
 	  for split in train val test test_compositional; do \
 	    $(VENV)/bin/vqct data tokenize $$checkpoint $(SCENES_DATA)/$$split --out $$codes/$$split >/dev/null || exit 1; \
 	  done; \
