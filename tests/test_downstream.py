@@ -193,3 +193,8 @@ def test_the_table_gives_mean_and_spread_per_tokenizer_and_task():
     assert rows[0]["test/accuracy"]["mean"] == pytest.approx(0.6)
     assert rows[0]["test/accuracy"]["sd"] == pytest.approx(0.1414213, abs=1e-6)
     assert rows[1]["test/accuracy"]["sd"] is None
+    # a real set's held-out split has its own name: the first one fills the "test" columns
+    coco = {"task": "t2i", "tokenizer": {"recipe": "c", "digest": "d"}, "settings": {"seed": 0},
+            "scores": {"val/fid_inception": 12.5, "val/pictures": 8, "val/real_pictures": 8}}
+    row = summarise_downstream([coco])["t2i"][0]
+    assert row["test/fid_inception"]["mean"] == 12.5 and "test/objects_found" not in row

@@ -31,6 +31,18 @@ COLUMNS = {
 }
 
 
+def _score(scores: dict, key: str):
+    """KEY's value in SCORES. A "test/" column reads the result's first held-out set whatever its
+    name, so that a COCO or CUB set scored on its `val` split fills the same columns."""
+    if key in scores:
+        return scores[key]
+    split, metric = key.split("/", 1)
+    if split != "test" or not scores:
+        return None
+    first = next(iter(scores)).split("/", 1)[0]
+    return scores.get(f"{first}/{metric}")
+
+
 def _label(result: dict) -> str:
     settings = result["settings"]
     recipe = result["tokenizer"].get("recipe") or result["tokenizer"]["digest"][:12]
@@ -50,7 +62,8 @@ def summarise_downstream(results: list[dict]) -> dict[str, list[dict]]:
         for label, runs in groups.items():
             row = {"tokenizer": label, "runs": len(runs), "seeds": [r["settings"]["seed"] for r in runs]}
             for key, _, _ in COLUMNS.get(task, []):
-                values = [float(r["scores"][key]) for r in runs if isinstance(r["scores"].get(key), (int, float))]
+                values = [float(_score(r["scores"], key)) for r in runs
+                          if isinstance(_score(r["scores"], key), (int, float))]
                 if values:
                     row[key] = mean_sd(values)
             rows.append(row)
