@@ -2,7 +2,7 @@
 tokenizer's code sets (Ray tasks) -> a caption-conditioned generator directory -> t2i,
 relations (each caption's relation line), completion and unconditional samples (Ray tasks)
 judged by a scene parser, each an MLflow run tagged with its task, and a generator of the wrong condition refused;
-and t2i on packed COCO, where no parser applies, scored by Inception FID alone. Tiny and untrained: what
+and captioning and t2i on packed COCO, where no parser applies and FID is Inception FID alone. Tiny and untrained: what
 is pinned is the wiring and the bookkeeping (every held-out scene sampled and judged, completion
 matched to its real scene by key), not the quality. Training a generator on Ray Train and
 DeepSpeed, and the run directory -> generator directory export, are test_generator_e2e's."""
@@ -115,7 +115,7 @@ def _coco_tree(root, pictures):
     (root / "captions_val2017.json").write_text(json.dumps(annotations))
 
 
-def test_t2i_on_packed_coco_is_scored_by_inception_fid_alone(tmp_path, inception_file):
+def test_captioning_and_t2i_on_packed_coco_where_fid_is_inception_alone(tmp_path, inception_file):
     _coco_tree(tmp_path, 8)
     proc, _ = _vqct(["data", "pack", "coco", "--annotations", "captions_val2017.json", "--images", "val2017",
                      "--out", "coco", "--split", "val", "--workers", "1"], tmp_path)
@@ -125,8 +125,14 @@ def test_t2i_on_packed_coco_is_scored_by_inception_fid_alone(tmp_path, inception
     save_pretrained(build_tokenizer(cfg), cfg, tmp_path / "tok")
     proc, _ = _vqct(["data", "tokenize", "tok", "coco/val", "--out", "codes/coco"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    generator = str(_untrained_generator(tmp_path / "codes" / "coco", tmp_path / "generator"))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # captioning reads the packed captions as references and scores every held-out image
+    proc, captioned = _vqct(["downstream", "caption", "codes/coco", "--eval", "codes/coco", "steps=2", "width=32",
+                             "layers=1", "meteor=false", "--tracking-uri", uri], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert captioned["scores"]["coco/images"] == 8, captioned
+    assert all(0 <= captioned["scores"][f"coco/{k}"] for k in ("bleu4", "rouge_l", "cider_d")), captioned
+    generator = str(_untrained_generator(tmp_path / "codes" / "coco", tmp_path / "generator"))
     common = ["--eval", "codes/coco", "--real", "coco/val", "--top-k", "16", "--tracking-uri", uri]
 
     # refused in one line, before anything is sampled: no weights file, or a task that needs the parser
