@@ -32,7 +32,8 @@ SCENES_PARSER ?= parsers/scenes64.pt
 # make compare: the five recipes of DATA (shapes or scenes) over SEEDS with the same steps, image
 # size and codebook capacity (shapes: 256 codes, vqgan_shapes' 256 = vqct_shapes' 128 adjectives
 # + 128 nouns; scenes: 1,024 = 512 + 512), each run followed by vqct eval on the held-out
-# shards, then one table of mean ± sd per recipe. Finished runs are kept and a stopped one goes on from its last checkpoint: rerun to resume.
+# shards, then one table of mean ± sd per recipe. Finished runs are kept and a stopped one goes
+# on from its last checkpoint: rerun to resume.
 DATA ?= shapes
 SEEDS ?= 0 1 2
 ifeq ($(DATA),scenes)
@@ -112,7 +113,8 @@ $(SCENES_PARSER): | $(STAMP) $(SCENES_DATA)/manifest.json
 # train_eval OUT RECIPE ARGS DATA EVAL_ARGS RUN: train RECIPE as run RUN (under the default
 # trainer.storage_path) unless OUT.json already names its final checkpoint, then evaluate on
 # DATA's held-out shards unless OUT.eval.json exists. A run that was stopped part way (the
-# machine went away, Ctrl-C) is resumed from its last checkpoint, not started again.
+# machine went away, Ctrl-C) is resumed from its last checkpoint, not started again; one killed
+# before its run record was written is refused in one line ("already exists": remove its directory).
 define train_eval
 test -s $(1).eval.json || { \
   { $(PY) -c '$(LAST_CHECKPOINT)' $(1).json >/dev/null 2>&1 || { \
@@ -122,7 +124,8 @@ test -s $(1).eval.json || { \
   $(VENV)/bin/vqct eval $$checkpoint --data $(4)/val $(5) | tee $(1).eval.json; }
 endef
 RUN_STORAGE := runs
-LAST_CHECKPOINT := import sys; from vqct.records.command_output import read_last_json; print(read_last_json(sys.argv[1])["checkpoint"])
+# prints the final checkpoint a `vqct train` output names; fails where it names none
+LAST_CHECKPOINT := import sys; from vqct.records.command_output import read_last_json; c = read_last_json(sys.argv[1]).get("checkpoint"); print(c) if c else sys.exit(1)
 
 compare: $(STAMP) $(COMPARE_NEEDS)
 	@mkdir -p $(COMPARE_OUT)
@@ -162,7 +165,7 @@ downstream: $(STAMP) $(SCENES_DATA)/manifest.json $(SCENES_PARSER)
 	set -o pipefail; for r in $(DOWNSTREAM_RECIPES); do for s in $(SEEDS); do codes=$(DOWNSTREAM_CODES)/$$r-seed$$s; \
 	  for cond in caption segmentation; do gen=$(DOWNSTREAM_OUT)/$$r-seed$$s-generator-$$cond.json; \
 	    extra="$$(test $$cond = segmentation && echo condition.name=segmentation '~condition.tokens') \
-	      $$(test -d runs/downstream-$$r-seed$$s-$$cond && echo trainer.resume=true)"; \
+	      $$(test -f $(RUN_STORAGE)/downstream-$$r-seed$$s-$$cond/vqct_run.json && echo trainer.resume=true)"; \
 	    test -s $$gen || { $(VENV)/bin/vqct train generator_scenes data.train_codes=$$codes/train \
 	      data.val_codes=$$codes/val seed=$$s trainer.run_name=downstream-$$r-seed$$s-$$cond $$extra $(GENERATOR_ARGS) \
 	      | tee $$gen.tmp && mv $$gen.tmp $$gen; } || exit 1; \

@@ -196,5 +196,10 @@ def test_the_table_gives_mean_and_spread_per_tokenizer_and_task():
     # a real set's held-out split has its own name: the first one fills the "test" columns
     coco = {"task": "t2i", "tokenizer": {"recipe": "c", "digest": "d"}, "settings": {"seed": 0},
             "scores": {"val/fid_inception": 12.5, "val/pictures": 8, "val/real_pictures": 8}}
-    row = summarise_downstream([coco])["t2i"][0]
-    assert row["test/fid_inception"]["mean"] == 12.5 and "test/objects_found" not in row
+    scenes = {"task": "t2i", "tokenizer": {"recipe": "c", "digest": "d"}, "settings": {"seed": 0},
+              "scores": {"test_compositional/objects_found": 0.25, "test/objects_found": 0.5}}
+    coco_row, scenes_row = summarise_downstream([coco, scenes])["t2i"]
+    assert coco_row["tokenizer"] == "c (on val)" and scenes_row["tokenizer"] == "c"  # never averaged together
+    assert coco_row["test/fid_inception"]["mean"] == 12.5 and "test/objects_found" not in coco_row
+    # a result with a test set reads only it, not the set that happens to come first
+    assert scenes_row["test/objects_found"]["mean"] == 0.5 and "test/fid_inception" not in scenes_row

@@ -147,8 +147,10 @@ def test_captioning_and_t2i_on_packed_coco_where_fid_is_inception_alone(tmp_path
                           str(inception_file), *common], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     scores = result["scores"]
-    assert set(scores) == {"coco/fid_inception", "coco/pictures", "coco/real_pictures"}, scores
+    assert set(scores) == {"coco/fid_inception", "coco/pictures", "coco/real_pictures", "coco/skipped_pictures",
+                           "coco/skipped_real_pictures"}, scores
     assert scores["coco/pictures"] == scores["coco/real_pictures"] == 8 and scores["coco/fid_inception"] > 0
+    assert scores["coco/skipped_pictures"] == scores["coco/skipped_real_pictures"] == 0
     # each picture drawn from its own image's first caption
     drawn = {s["__key__"]: s["txt"].decode() for s in raw_samples(_shards(tmp_path / "samples" / "t2i"))}
     packed = {s["__key__"]: s["txt"].decode().splitlines()[0] for s in raw_samples(_shards(tmp_path / "coco" / "val"))}

@@ -1,7 +1,7 @@
 """The scene judge's logic, with an oracle parser that reads each picture's true class map: a
 real scene judged against its own caption finds its objects, the same scene judged against
 another's finds few, a recoloured object is lost by colour and kept by shape, and a perfect
-parse has mIoU 1."""
+parse has mIoU 1; Inception FID of plain image shards (real data) counts what it reads."""
 
 import numpy as np
 import pytest
@@ -9,6 +9,7 @@ import torch
 
 from vqct.data.scenes.write import ScenesSettings, write_scenes
 from vqct.downstream.judge import _rotated
+from vqct.errors import UserError
 from vqct.eval.scene_judge import asked_scenes, judge_scenes, objects_found
 
 
@@ -104,3 +105,31 @@ def test_inception_fid_joins_fid_parser_where_its_weights_are_and_says_so_where_
     missing = judge_scenes(parser, iter(scenes[16:32]), 11, real, inception=InceptionFID(tmp_path / "none.pth", "cpu"))
     assert missing["fid_inception"] == f"skipped: no Inception weights at {tmp_path / 'none.pth'}"
     assert "fid_inception" not in judge_scenes(parser, iter(scenes[:4]), 11)  # no real set, no FID at all
+
+
+def test_picture_fid_reads_any_image_shards_passes_over_broken_pictures_and_stops_at_the_limit(inception_file,
+                                                                                             tmp_path):
+    import io
+
+    import webdataset as wds
+    from PIL import Image
+
+    from vqct.downstream.judge import picture_fid
+
+    with wds.TarWriter(str(tmp_path / "real-000000.tar")) as sink:
+        for i in range(5):
+            picture = Image.new("RGB", (40, 30 + i), (40 * i, 100, 200 - 30 * i))
+            buffer = io.BytesIO()
+            picture.save(buffer, format="PNG")
+            sink.write({"__key__": f"k{i}", "png": buffer.getvalue(), "txt": b"a caption"})
+        sink.write({"__key__": "broken", "jpg": b"not a picture", "txt": b"a caption"})
+        sink.write({"__key__": "no-image", "txt": b"a caption"})
+    shards = [str(tmp_path / "real-000000.tar")]
+    found = picture_fid(shards, shards, 32, inception_weights=str(inception_file))
+    assert (found["pictures"], found["skipped_pictures"], found["real_pictures"]) == (5, 2, 5)
+    assert abs(found["fid_inception"]) < 1e-2  # the same pictures on both sides
+    assert picture_fid(shards, shards, 32, limit=3, inception_weights=str(inception_file))["pictures"] == 3
+    with pytest.raises(UserError, match="give --inception-weights FILE"):
+        picture_fid(shards, shards, 32, inception_weights=str(tmp_path / "none.pth"))
+    with pytest.raises(UserError, match="at least 2 pictures"):
+        picture_fid(shards, shards, 32, limit=1, inception_weights=str(inception_file))

@@ -335,10 +335,12 @@ def _add_judge_inputs(parser: argparse.ArgumentParser, real_required: bool, pars
                             "; leave out on real data (COCO, CUB): t2i and unconditional are then scored by "
                             "Inception FID against --real alone" if parser_optional else ""))
     parser.add_argument("--real", nargs="+", required=real_required,
-                        help="held-out real scenes for FID in the parser's feature space (fid_parser)")
+                        help="held-out real scenes for FID in the parser's feature space (fid_parser)" + (
+                            "; without --parser, the real pictures of Inception FID" if parser_optional else ""))
     parser.add_argument("--limit", type=int, help="judge only the first N scenes (and N real ones)")
     parser.add_argument("--inception-weights", help="torch-fidelity's Inception-v3 weights, for Inception FID "
-                        "against --real (default: $VQCT_INCEPTION_WEIGHTS or the torch hub cache; none: skipped)")
+                        "against --real (default: $VQCT_INCEPTION_WEIGHTS or the torch hub cache; none: skipped, "
+                        "or refused before sampling where it is the only score)")
 
 
 def _add_sampling(parser: argparse.ArgumentParser) -> None:
@@ -491,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("completion", "image completion from the top half: PSNR of the generated half"),
                        ("unconditional", "unconditional samples (the null condition)")]:
         one = downstream_sub.add_parser(task, help=f"{what}, and fid_parser; one sample per held-out condition "
-                                        "from a generator, judged by the scene parser")
+                                        "from a generator, judged by the scene parser (t2i and unconditional on "
+                                        "real data: Inception FID alone, without --parser)")
         one.add_argument("target", help="a trained generator (run directory, run name, checkpoint or directory)")
         one.add_argument("--eval", required=True, help="held-out code set of the generator's tokenizer")
         _add_judge_inputs(one, real_required=True, parser_optional=True)

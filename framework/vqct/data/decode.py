@@ -95,9 +95,14 @@ def _first(sample: dict, exts: tuple[str, ...]) -> Optional[bytes]:
     return None
 
 
+def image_bytes(sample: dict) -> Optional[bytes]:
+    """The sample's image as stored (the first of IMAGE_EXTS it has), or None."""
+    return _first(sample, IMAGE_EXTS)
+
+
 def decode_sample(sample: dict, size: int, rng: Optional[random.Random] = None) -> tuple:
     """Raw sample dict -> (image, caption, key); raises BadSample with a kind."""
-    raw_image = _first(sample, IMAGE_EXTS)
+    raw_image = image_bytes(sample)
     if raw_image is None:
         raise BadSample("missing_image", f"no image in sample {sample.get('__key__')}")
     raw_caption = _first(sample, CAPTION_EXTS)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from vqct.config.schema import tracking_uri
 from vqct.data.scenes.language import RELATION_LINE
+from vqct.data.shards import resolve_shards
 from vqct.downstream.judge import FID_NOTE, judge, picture_fid, require_inception_weights
 from vqct.errors import UserError
 from vqct.records.code_manifest import read_code_manifest
@@ -83,6 +84,7 @@ def _check_judge(task: str, parser: str | None, real: list[str], inception_weigh
                         f"parser); without one only {' and '.join(FID_ONLY)} run, scored by Inception FID")
     if not real:
         raise UserError(f"downstream {task} without --parser scores Inception FID against real pictures: give --real DIR")
+    resolve_shards(real, "--real")  # a wrong path is said now, not after the sampling
     require_inception_weights(inception_weights)
 
 

@@ -11,13 +11,14 @@ from itertools import islice
 
 import torch
 
-from vqct.data.decode import IMAGE_EXTS, decode_image
+from vqct.data.decode import BadSample, decode_image, image_bytes
 from vqct.data.scenes.truth import raw_samples, read_scenes
 from vqct.data.shards import resolve_shards
 from vqct.errors import UserError
 from vqct.eval.completion import completion_scores
 from vqct.eval.fid import WEIGHTS_FILE, InceptionFID, weights_path
 from vqct.eval.objects import load_parser
+from vqct.eval.reconstruction import to_unit
 from vqct.eval.scene_judge import AskedScene, asked_scenes, judge_scenes
 
 
@@ -58,23 +59,25 @@ def judge(shards: list[str], parser_path: str, real: list[str] | None = None, li
             "real": real, "judge": scores, "fid_note": FID_NOTE}
 
 
-def _add_pictures(inception: InceptionFID, urls: list[str], size: int, limit: int | None, real: bool) -> int:
-    """Every picture of URLS (up to LIMIT), centre-cropped to SIZE as vqct eval reads them."""
-    count, batch = 0, []
+def _add_pictures(inception: InceptionFID, urls: list[str], size: int, limit: int | None, real: bool) -> tuple[int, int]:
+    """Every picture of URLS (up to LIMIT), centre-cropped to SIZE as vqct eval reads them:
+    (pictures added, samples passed over for a missing or unreadable image)."""
+    count, skipped, batch = 0, 0, []
     for sample in raw_samples(urls):
-        data = next((sample[ext] for ext in IMAGE_EXTS if ext in sample), None)
-        if data is None:
+        if limit is not None and count >= limit:
+            break
+        try:
+            batch.append(to_unit(decode_image(image_bytes(sample) or b"", size)))
+        except BadSample:
+            skipped += 1
             continue
-        batch.append(decode_image(data, size).add(1).div(2))
         count += 1
-        if len(batch) == 64 or count == limit:
+        if len(batch) == 64:
             inception.add(torch.stack(batch), real=real)
             batch = []
-        if count == limit:
-            break
     if batch:
         inception.add(torch.stack(batch), real=real)
-    return count
+    return count, skipped
 
 
 def require_inception_weights(inception_weights: str | None) -> None:
@@ -91,9 +94,10 @@ def picture_fid(shards: list[str], real: list[str], size: int, limit: int | None
     unconditional generation on data without the scenes' ground truth."""
     require_inception_weights(inception_weights)
     inception = InceptionFID(inception_weights, "cpu")
-    pictures = _add_pictures(inception, resolve_shards(shards, "SHARDS"), size, limit, real=False)
-    real_pictures = _add_pictures(inception, resolve_shards(real, "--real"), size, limit, real=True)
+    pictures, skipped = _add_pictures(inception, resolve_shards(shards, "SHARDS"), size, limit, real=False)
+    real_pictures, real_skipped = _add_pictures(inception, resolve_shards(real, "--real"), size, limit, real=True)
     if pictures < 2 or real_pictures < 2:
         raise UserError(f"Inception FID needs at least 2 pictures on each side; found {pictures} generated and "
                         f"{real_pictures} real")
-    return {"fid_inception": inception.compute(), "pictures": pictures, "real_pictures": real_pictures}
+    return {"fid_inception": inception.compute(), "pictures": pictures, "real_pictures": real_pictures,
+            "skipped_pictures": skipped, "skipped_real_pictures": real_skipped}

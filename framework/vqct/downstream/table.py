@@ -31,23 +31,25 @@ COLUMNS = {
 }
 
 
+def _held_out(scores: dict) -> str:
+    """The held-out set the "test" columns read: `test` where the result has it (the scenes),
+    else its first one, whatever its name (a COCO or CUB set's `val`)."""
+    splits = [key.split("/", 1)[0] for key in scores]
+    return "test" if "test" in splits or not splits else splits[0]
+
+
 def _score(scores: dict, key: str):
-    """KEY's value in SCORES. A "test/" column reads the result's first held-out set whatever its
-    name, so that a COCO or CUB set scored on its `val` split fills the same columns."""
-    if key in scores:
-        return scores[key]
     split, metric = key.split("/", 1)
-    if split != "test" or not scores:
-        return None
-    first = next(iter(scores)).split("/", 1)[0]
-    return scores.get(f"{first}/{metric}")
+    return scores.get(f"{_held_out(scores)}/{metric}" if split == "test" else key)
 
 
 def _label(result: dict) -> str:
     settings = result["settings"]
     recipe = result["tokenizer"].get("recipe") or result["tokenizer"]["digest"][:12]
+    held_out = _held_out(result["scores"])
     notes = ([settings["features"]] if settings.get("features", "vectors") != "vectors" else []) + \
-        (["images shuffled"] if settings.get("shuffle_images") else [])
+        (["images shuffled"] if settings.get("shuffle_images") else []) + \
+        ([f"on {held_out}"] if held_out != "test" else [])
     return f"{recipe} ({', '.join(notes)})" if notes else recipe
 
 
