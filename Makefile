@@ -56,10 +56,11 @@ endif
 # make capacity: vqgan_scenes with CAPACITY_CODES codes over SEEDS (the scenes set must need
 # its 1,024 codes: docs/results.md, "Scenes").
 CAPACITY_CODES ?= 1024 64
-# make downstream: each tokenizer of make compare DATA=scenes (recipe x seed) -> code sets of the
-# scenes' train, test and test_compositional -> vqct downstream vqa and caption at the same seed
-# and settings, and the ceiling row: the same models on ground-truth codes (vqct downstream truth)
-# -> one table (docs/downstream.md). Finished runs are kept: rerun to resume.
+# make downstream: each tokenizer of make compare DATA=scenes (recipe x seed), one after the
+# other -> code sets of the scenes' train, val, test and test_compositional -> vqct downstream vqa
+# and caption at the same seed and settings -> its two generators and the generation tasks; then
+# the ceiling row: the same models on ground-truth codes (vqct downstream truth) -> one table
+# (docs/downstream.md). Finished runs are kept: rerun to resume. Each step prints a UTC timestamp.
 DOWNSTREAM_RECIPES ?= vqgan_scenes vqct_scenes lgvq_scenes vqct_lgvq_scenes vqct_vlt_scenes
 DOWNSTREAM_TASKS ?= vqa caption
 # the generation tasks: per tokenizer a caption generator (t2i, relations, completion,
@@ -147,36 +148,39 @@ downstream: $(STAMP) $(SCENES_DATA)/manifest.json $(SCENES_PARSER)
 	  run=runs/compare-scenes/$$r-seed$$s.json; codes=$(DOWNSTREAM_CODES)/$$r-seed$$s; \
 	  test -s $$run || { echo "no $$run: run make compare DATA=scenes first"; exit 2; }; \
 	  checkpoint=$$($(PY) -c '$(LAST_CHECKPOINT)' $$run) || exit 1; \
+	  echo "$$(date -u +%FT%TZ) downstream $$r seed $$s: code sets"; \
 	  for split in train val test test_compositional; do \
 	    $(VENV)/bin/vqct data tokenize $$checkpoint $(SCENES_DATA)/$$split --out $$codes/$$split >/dev/null || exit 1; \
 	  done; \
-	  for t in $(DOWNSTREAM_TASKS); do out=$(DOWNSTREAM_OUT)/$$r-seed$$s-$$t.json; test -s $$out || { \
+	  for t in $(DOWNSTREAM_TASKS); do out=$(DOWNSTREAM_OUT)/$$r-seed$$s-$$t.json; test -s $$out && continue; \
+	    echo "$$(date -u +%FT%TZ) downstream $$r seed $$s: $$t"; \
 	    $(VENV)/bin/vqct downstream $$t $$codes/train --eval $$codes/test --eval $$codes/test_compositional \
-	      seed=$$s $(DOWNSTREAM_SETTINGS) | tee $$out.tmp && mv $$out.tmp $$out; } || exit 1; \
+	      seed=$$s $(DOWNSTREAM_SETTINGS) | tee $$out.tmp && mv $$out.tmp $$out || exit 1; \
 	  done; \
-	done; done
-	for split in train test test_compositional; do test -s $(DOWNSTREAM_CODES)/truth/$$split/manifest.json || \
-	  $(VENV)/bin/vqct downstream truth $(SCENES_DATA)/$$split --out $(DOWNSTREAM_CODES)/truth/$$split >/dev/null || exit 1; done
-	set -o pipefail; for s in $(SEEDS); do for t in $(DOWNSTREAM_TASKS); do \
-	  out=$(DOWNSTREAM_OUT)/truth-seed$$s-$$t.json; codes=$(DOWNSTREAM_CODES)/truth; test -s $$out || { \
-	  $(VENV)/bin/vqct downstream $$t $$codes/train --eval $$codes/test --eval $$codes/test_compositional \
-	    seed=$$s features=indices $(DOWNSTREAM_SETTINGS) | tee $$out.tmp && mv $$out.tmp $$out; } || exit 1; \
-	done; done
-	set -o pipefail; for r in $(DOWNSTREAM_RECIPES); do for s in $(SEEDS); do codes=$(DOWNSTREAM_CODES)/$$r-seed$$s; \
-	  for cond in caption segmentation; do gen=$(DOWNSTREAM_OUT)/$$r-seed$$s-generator-$$cond.json; \
+	  for cond in caption segmentation; do gen=$(DOWNSTREAM_OUT)/$$r-seed$$s-generator-$$cond.json; test -s $$gen && continue; \
+	    echo "$$(date -u +%FT%TZ) downstream $$r seed $$s: $$cond generator"; \
 	    extra="$$(test $$cond = segmentation && echo condition.name=segmentation '~condition.tokens') \
 	      $$(test -f $(RUN_STORAGE)/downstream-$$r-seed$$s-$$cond/vqct_run.json && echo trainer.resume=true)"; \
-	    test -s $$gen || { $(VENV)/bin/vqct train generator_scenes data.train_codes=$$codes/train \
+	    $(VENV)/bin/vqct train generator_scenes data.train_codes=$$codes/train \
 	      data.val_codes=$$codes/val seed=$$s trainer.run_name=downstream-$$r-seed$$s-$$cond $$extra $(GENERATOR_ARGS) \
-	      | tee $$gen.tmp && mv $$gen.tmp $$gen; } || exit 1; \
+	      | tee $$gen.tmp && mv $$gen.tmp $$gen || exit 1; \
 	  done; \
 	  for t in $(DOWNSTREAM_GENERATION); do out=$(DOWNSTREAM_OUT)/$$r-seed$$s-$$t.json; test -s $$out && continue; \
+	    echo "$$(date -u +%FT%TZ) downstream $$r seed $$s: $$t"; \
 	    cond=$$(test $$t = semantic && echo segmentation || echo caption); \
 	    scenes=$$(test $$t = completion && echo "--scenes $(SCENES_DATA)/test"); \
 	    $(VENV)/bin/vqct downstream $$t runs/downstream-$$r-seed$$s-$$cond --eval $$codes/test --parser $(SCENES_PARSER) \
 	      --real $(SCENES_DATA)/val --out samples/scenes/$$r-seed$$s/$$t --seed $$s $$scenes $(SAMPLE_ARGS) \
 	      | tee $$out.tmp && mv $$out.tmp $$out || exit 1; \
 	  done; \
+	done; done
+	for split in train test test_compositional; do test -s $(DOWNSTREAM_CODES)/truth/$$split/manifest.json || \
+	  $(VENV)/bin/vqct downstream truth $(SCENES_DATA)/$$split --out $(DOWNSTREAM_CODES)/truth/$$split >/dev/null || exit 1; done
+	set -o pipefail; for s in $(SEEDS); do for t in $(DOWNSTREAM_TASKS); do \
+	  out=$(DOWNSTREAM_OUT)/truth-seed$$s-$$t.json; codes=$(DOWNSTREAM_CODES)/truth; test -s $$out && continue; \
+	  echo "$$(date -u +%FT%TZ) downstream truth seed $$s: $$t"; \
+	  $(VENV)/bin/vqct downstream $$t $$codes/train --eval $$codes/test --eval $$codes/test_compositional \
+	    seed=$$s features=indices $(DOWNSTREAM_SETTINGS) | tee $$out.tmp && mv $$out.tmp $$out || exit 1; \
 	done; done
 	$(VENV)/bin/vqct downstream table $(foreach r,$(DOWNSTREAM_RECIPES) truth,$(foreach s,$(SEEDS),$(foreach t,$(DOWNSTREAM_TASKS),$(DOWNSTREAM_OUT)/$(r)-seed$(s)-$(t).json))) \
 	  $(foreach r,$(DOWNSTREAM_RECIPES),$(foreach s,$(SEEDS),$(foreach t,$(DOWNSTREAM_GENERATION),$(DOWNSTREAM_OUT)/$(r)-seed$(s)-$(t).json)))
