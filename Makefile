@@ -125,6 +125,8 @@ test -s $(1).eval.json || { \
   $(VENV)/bin/vqct eval $$checkpoint --data $(4)/val $(5) | tee $(1).eval.json; }
 endef
 RUN_STORAGE := runs
+# prints "<UTC time> downstream <what>": make downstream's log gives each step's time
+downstream_step = echo "$$(date -u +%FT%TZ) downstream $(1)"
 # prints the final checkpoint a `vqct train` output names; fails where it names none
 LAST_CHECKPOINT := import sys; from vqct.records.command_output import read_last_json; c = read_last_json(sys.argv[1]).get("checkpoint"); print(c) if c else sys.exit(1)
 
@@ -148,17 +150,17 @@ downstream: $(STAMP) $(SCENES_DATA)/manifest.json $(SCENES_PARSER)
 	  run=runs/compare-scenes/$$r-seed$$s.json; codes=$(DOWNSTREAM_CODES)/$$r-seed$$s; \
 	  test -s $$run || { echo "no $$run: run make compare DATA=scenes first"; exit 2; }; \
 	  checkpoint=$$($(PY) -c '$(LAST_CHECKPOINT)' $$run) || exit 1; \
-	  echo "$$(date -u +%FT%TZ) downstream $$r seed $$s: code sets"; \
+	  $(call downstream_step,$$r seed $$s: code sets); \
 	  for split in train val test test_compositional; do \
 	    $(VENV)/bin/vqct data tokenize $$checkpoint $(SCENES_DATA)/$$split --out $$codes/$$split >/dev/null || exit 1; \
 	  done; \
 	  for t in $(DOWNSTREAM_TASKS); do out=$(DOWNSTREAM_OUT)/$$r-seed$$s-$$t.json; test -s $$out && continue; \
-	    echo "$$(date -u +%FT%TZ) downstream $$r seed $$s: $$t"; \
+	    $(call downstream_step,$$r seed $$s: $$t); \
 	    $(VENV)/bin/vqct downstream $$t $$codes/train --eval $$codes/test --eval $$codes/test_compositional \
 	      seed=$$s $(DOWNSTREAM_SETTINGS) | tee $$out.tmp && mv $$out.tmp $$out || exit 1; \
 	  done; \
 	  for cond in caption segmentation; do gen=$(DOWNSTREAM_OUT)/$$r-seed$$s-generator-$$cond.json; test -s $$gen && continue; \
-	    echo "$$(date -u +%FT%TZ) downstream $$r seed $$s: $$cond generator"; \
+	    $(call downstream_step,$$r seed $$s: $$cond generator); \
 	    extra="$$(test $$cond = segmentation && echo condition.name=segmentation '~condition.tokens') \
 	      $$(test -f $(RUN_STORAGE)/downstream-$$r-seed$$s-$$cond/vqct_run.json && echo trainer.resume=true)"; \
 	    $(VENV)/bin/vqct train generator_scenes data.train_codes=$$codes/train \
@@ -166,7 +168,7 @@ downstream: $(STAMP) $(SCENES_DATA)/manifest.json $(SCENES_PARSER)
 	      | tee $$gen.tmp && mv $$gen.tmp $$gen || exit 1; \
 	  done; \
 	  for t in $(DOWNSTREAM_GENERATION); do out=$(DOWNSTREAM_OUT)/$$r-seed$$s-$$t.json; test -s $$out && continue; \
-	    echo "$$(date -u +%FT%TZ) downstream $$r seed $$s: $$t"; \
+	    $(call downstream_step,$$r seed $$s: $$t); \
 	    cond=$$(test $$t = semantic && echo segmentation || echo caption); \
 	    scenes=$$(test $$t = completion && echo "--scenes $(SCENES_DATA)/test"); \
 	    $(VENV)/bin/vqct downstream $$t runs/downstream-$$r-seed$$s-$$cond --eval $$codes/test --parser $(SCENES_PARSER) \
@@ -178,7 +180,7 @@ downstream: $(STAMP) $(SCENES_DATA)/manifest.json $(SCENES_PARSER)
 	  $(VENV)/bin/vqct downstream truth $(SCENES_DATA)/$$split --out $(DOWNSTREAM_CODES)/truth/$$split >/dev/null || exit 1; done
 	set -o pipefail; for s in $(SEEDS); do for t in $(DOWNSTREAM_TASKS); do \
 	  out=$(DOWNSTREAM_OUT)/truth-seed$$s-$$t.json; codes=$(DOWNSTREAM_CODES)/truth; test -s $$out && continue; \
-	  echo "$$(date -u +%FT%TZ) downstream truth seed $$s: $$t"; \
+	  $(call downstream_step,truth seed $$s: $$t); \
 	  $(VENV)/bin/vqct downstream $$t $$codes/train --eval $$codes/test --eval $$codes/test_compositional \
 	    seed=$$s features=indices $(DOWNSTREAM_SETTINGS) | tee $$out.tmp && mv $$out.tmp $$out || exit 1; \
 	done; done
