@@ -56,9 +56,10 @@ endif
 # make capacity: vqgan_scenes with CAPACITY_CODES codes over SEEDS (the scenes set must need
 # its 1,024 codes: docs/results.md, "Scenes").
 CAPACITY_CODES ?= 1024 64
-# make downstream: each tokenizer of make compare DATA=scenes (recipe x seed), one after the
-# other -> code sets of the scenes' train, val, test and test_compositional -> vqct downstream vqa
-# and caption at the same seed and settings -> its two generators and the generation tasks; then
+# make downstream: each tokenizer of make compare DATA=scenes, one after the other, seed 0 of
+# every recipe first (a stopped run already compares them all) -> code sets of the scenes'
+# train, val, test and test_compositional -> vqct downstream vqa and caption at the same seed
+# and settings -> its two generators and the generation tasks; then
 # the ceiling row: the same models on ground-truth codes (vqct downstream truth) -> one table
 # (docs/downstream.md). Finished runs are kept: rerun to resume. Each step prints a UTC timestamp.
 DOWNSTREAM_RECIPES ?= vqgan_scenes vqct_scenes lgvq_scenes vqct_lgvq_scenes vqct_vlt_scenes
@@ -146,7 +147,7 @@ capacity: $(STAMP) $(SCENES_DATA)/manifest.json $(SCENES_PARSER)
 
 downstream: $(STAMP) $(SCENES_DATA)/manifest.json $(SCENES_PARSER)
 	@mkdir -p $(DOWNSTREAM_OUT)
-	set -o pipefail; for r in $(DOWNSTREAM_RECIPES); do for s in $(SEEDS); do \
+	set -o pipefail; for s in $(SEEDS); do for r in $(DOWNSTREAM_RECIPES); do \
 	  run=runs/compare-scenes/$$r-seed$$s.json; codes=$(DOWNSTREAM_CODES)/$$r-seed$$s; \
 	  test -s $$run || { echo "no $$run: run make compare DATA=scenes first"; exit 2; }; \
 	  checkpoint=$$($(PY) -c '$(LAST_CHECKPOINT)' $$run) || exit 1; \
