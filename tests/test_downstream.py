@@ -16,6 +16,7 @@ from vqct.config import load_recipe
 from vqct.config.downstream import downstream_config
 from vqct.downstream.caption_metrics import caption_scores
 from vqct.downstream.code_sets import read_code_set
+from vqct.downstream.fit import fit
 from vqct.downstream.run import run_downstream
 from vqct.downstream.words import Vocabulary
 from vqct.errors import UserError
@@ -88,8 +89,9 @@ def test_vqa_learns_what_the_codes_say_and_nothing_when_they_say_nothing(code_se
     told = run_downstream("vqa", code_sets["train"], [code_sets["test"]], cfg, uri)["scores"]
     assert told["test/accuracy_attribute"] >= 0.95 and told["test/accuracy_existence"] >= 0.9, told
     # a learned table over the indices, blind to the codebook's vectors, reads the colour too
+    # (trained in bf16, the comparison's precision: it learns as fp32 does)
     table = downstream_config("vqa", ["steps=150", "width=64", "layers=1", "question_length=8",
-                                       "features=indices"])
+                                       "features=indices", "precision=bf16"])
     by_index = run_downstream("vqa", code_sets["train"], [code_sets["test"]], table, uri)["scores"]
     assert by_index["test/accuracy_attribute"] >= 0.95, by_index
     # the control, shuffle_images=true: the same set with its images swapped among themselves
@@ -125,6 +127,25 @@ def test_the_captioner_learns_the_colour_and_is_scored_against_every_reference(c
     assert sum(w["generated"] in w["references"] for w in written) >= 180  # one of its two lines, word for word
 
 
+def test_bf16_fits_under_autocast_and_keeps_fp32_weights():
+    """precision=bf16: the forward's matrix products run in bf16, the weights and the loss
+    handed to backward stay fp32, and the model still learns."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    y = (x[:, 0] > 0).long()
+    model = torch.nn.Linear(8, 2)
+    seen = []
+
+    def loss_of(batch):
+        logits = model(x[batch])
+        seen.append(logits.dtype)
+        return torch.nn.functional.cross_entropy(logits, y[batch])
+
+    losses = fit(model, loss_of, len(y), 200, 32, 0.05, 0, "bf16", precision="bf16")
+    assert set(seen) == {torch.bfloat16} and model.weight.dtype == torch.float32
+    assert sum(losses[-20:]) / 20 < 0.5 * sum(losses[:20]) / 20, (losses[:3], losses[-3:])
+
+
 def test_caption_metrics_match_hand_computed_and_independent_references():
     perfect = caption_scores(["a red circle left of it"], [["a red circle left of it", "a circle"]], meteor=False)
     assert perfect["bleu4"] == pytest.approx(1.0, abs=1e-6) and perfect["rouge_l"] == pytest.approx(1.0)
@@ -155,6 +176,8 @@ def test_bad_settings_and_mixed_tokenizers_are_refused_in_one_line(code_sets, tm
         downstream_config("caption", ["question_length=4"])
     with pytest.raises(UserError, match="features"):
         downstream_config("vqa", ["features=pixels"])
+    with pytest.raises(UserError, match="precision='fp16'"):
+        downstream_config("vqa", ["precision=fp16"])
     other = tmp_path / "other"
     other.mkdir()
     write_code_set(other, 10, 3, tokenizer_seed=1)

@@ -96,6 +96,20 @@ def test_dropped_condition_is_the_null_one():
     assert not torch.allclose(tokens[1], null)
 
 
+def test_bf16_weights_take_the_text_models_fp32_features():
+    """trainer.precision=bf16 casts the generator's weights to bf16 while the caption features
+    arrive in fp32 (a step failed on the dtype mismatch before); the bf16 loss is the fp32 one
+    to bf16's precision."""
+    model = _model(VQGAN, "caption")
+    codes = _codes(VQGAN, 2, seed=4)
+    cond = {"features": torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(5)),
+            "mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])}
+    drop = torch.tensor([True, False])
+    _, fp32 = model(codes, cond, drop)
+    _, bf16 = model.to(torch.bfloat16)(codes, cond, drop)
+    assert bf16.dtype == torch.float32 and abs(bf16.item() - fp32.item()) < 0.05 * fp32.item()
+
+
 def test_vqct_layout_forks_into_branches_with_own_heads():
     model = _model(VQCT)
     assert model.trunk_layers == 3 and [len(b) for b in model.branches] == [1, 1]  # n_layer/4 each (official)

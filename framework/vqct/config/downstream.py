@@ -15,6 +15,7 @@ from vqct.errors import UserError
 
 TASKS = ("vqa", "caption")
 FEATURES = ("vectors", "indices")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -34,10 +35,15 @@ class DownstreamConfig:
     shuffle_images: bool = False
     train_limit: Optional[int] = None  # read only the first N training samples (quick runs)
     eval_limit: Optional[int] = None
+    # bf16: the training steps under autocast (weights, optimizer and evaluation stay fp32)
+    precision: str = "fp32"
 
 
 @dataclass
 class VQASettings(DownstreamConfig):
+    # on tokenizers' codes the training loss is flat from step ~150 and 1,500 steps answer as
+    # well as 3,000 (docs/results.md); on ground truth most is learned by 1,500
+    steps: int = 1500
     question_length: int = 16  # words; longer questions are cut
 
 
@@ -55,6 +61,8 @@ def _check(cfg: DownstreamConfig, task: str) -> None:
                      layers=cfg.layers, heads=cfg.heads, patch=cfg.patch)
     if cfg.features not in FEATURES:
         raise UserError(f"{task}: features={cfg.features!r}: give one of {', '.join(FEATURES)}")
+    if cfg.precision not in PRECISIONS:
+        raise UserError(f"{task}: precision={cfg.precision!r}: give one of {', '.join(PRECISIONS)}")
     if cfg.width % cfg.heads:
         raise UserError(f"{task}: width={cfg.width} is not a multiple of heads={cfg.heads}")
     if not 0 <= cfg.dropout < 1:

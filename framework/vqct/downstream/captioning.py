@@ -43,7 +43,8 @@ def train_captioner(train: CodeSet, features: CodeFeatures, cfg: CaptionSettings
         logits = model(train.codes[image[batch]], seq[:, :-1])
         return F.cross_entropy(logits.flatten(0, 1), seq[:, 1:].flatten(), ignore_index=vocab.pad)
 
-    losses = fit(model, loss_of, len(pairs), cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, "caption")
+    losses = fit(model, loss_of, len(pairs), cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, "caption",
+                 precision=cfg.precision)
     return TrainedCaptioner(model, vocab, losses)
 
 

@@ -20,18 +20,23 @@ def cosine_lr(step: int, steps: int, warmup: int) -> float:
 
 
 def fit(model: torch.nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor], count: int, steps: int,
-        batch_size: int, lr: float, seed: int, desc: str, weight_decay: float = 0.01) -> list[float]:
+        batch_size: int, lr: float, seed: int, desc: str, weight_decay: float = 0.01,
+        precision: str = "fp32") -> list[float]:
     """Train MODEL for STEPS steps; LOSS_OF(indices) is a batch's loss given the indices of its
-    samples among COUNT. Returns the loss of every step."""
+    samples among COUNT. PRECISION bf16 runs each forward under autocast (the matrix products
+    in bf16, the weights and AdamW in fp32). Returns the loss of every step."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, steps, max(1, steps // 20)))
     draw = torch.Generator().manual_seed(seed)
     losses = []
+    device = params[0].device.type
     model.train()
     with tqdm(range(steps), desc=desc, unit="step", mininterval=2.0) as bar:
         for _ in bar:
-            loss = loss_of(torch.randint(count, (batch_size,), generator=draw))
+            batch = torch.randint(count, (batch_size,), generator=draw)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = loss_of(batch).float()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -59,7 +59,8 @@ def train_vqa(train: CodeSet, features: CodeFeatures, cfg: VQASettings) -> Train
         logits = model(train.codes[rows.image[batch]], rows.words[batch])
         return F.cross_entropy(logits, rows.answer[batch])
 
-    losses = fit(model, loss_of, len(rows.answer), cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, "vqa")
+    losses = fit(model, loss_of, len(rows.answer), cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, "vqa",
+                 precision=cfg.precision)
     return TrainedVQA(model, vocab, answers, losses)
 
 

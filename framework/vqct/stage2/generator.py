@@ -89,7 +89,8 @@ class CaptionCondition(nn.Module):
         self.register_buffer("null", torch.randn(length, text_dim) / math.sqrt(text_dim))
 
     def forward(self, cond: dict, batch: int, drop: torch.Tensor | None = None) -> torch.Tensor:
-        feats, mask = cond["features"], cond["mask"].bool()
+        # the text model's features arrive in fp32; under trainer.precision=bf16 the weights are bf16
+        feats, mask = cond["features"].to(self.proj.weight.dtype), cond["mask"].bool()
         if feats.shape[1] != self.length:
             raise ValueError(f"caption features have {feats.shape[1]} tokens; the generator takes {self.length}")
         if drop is not None:
