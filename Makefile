@@ -131,7 +131,7 @@ endef
 RUN_STORAGE := runs
 # prints "<UTC time> downstream <what>": make downstream's log gives each step's time
 downstream_step = echo "$$(date -u +%FT%TZ) downstream $(1)"
-# Two at a time, one thread each: on 2 cores two one-thread downstream processes do 1.6-1.8x
+# Two at a time, one thread each: on 2 cores two one-thread downstream processes do about 1.5x
 # the work of one two-thread process (these models are too small for two threads to share).
 # `$(slot_taken)` after each `CMD &`; `$(slots_drained)` after the loop; n=0 before it.
 slot_taken = n=$$((n+1)); test $$n -lt 2 || { wait -n || exit 1; n=$$((n-1)); }
