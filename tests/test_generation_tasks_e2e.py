@@ -1,11 +1,13 @@
 """The generation tasks of `vqct downstream` end to end on the real stack: scenes -> a
 tokenizer's code sets (Ray tasks) -> a caption-conditioned generator directory -> t2i,
 relations (each caption's relation line), completion and unconditional samples (Ray tasks)
-judged by a scene parser, each an MLflow run tagged with its task, and a generator of the wrong condition refused;
-and captioning and t2i on packed COCO, where no parser applies and FID is Inception FID alone. Tiny and untrained: what
-is pinned is the wiring and the bookkeeping (every held-out scene sampled and judged, completion
-matched to its real scene by key), not the quality. Training a generator on Ray Train and
-DeepSpeed, and the run directory -> generator directory export, are test_generator_e2e's."""
+judged by a scene parser, and semantic samples from a segmentation-conditioned one, each an
+MLflow run tagged with its task, and a generator of the wrong condition refused; and captioning
+and t2i on packed COCO, where no parser applies and FID is Inception FID alone. Tiny and
+untrained: what is pinned is the wiring and the bookkeeping (every held-out scene sampled and
+judged, completion matched to its real scene by key, each semantic sample beside its own class
+map), not the quality. Training a generator on Ray Train and DeepSpeed, and the run directory ->
+generator directory export, are test_generator_e2e's."""
 
 import json
 import subprocess
@@ -46,11 +48,16 @@ def _shards(directory):
     return sorted(str(p) for p in directory.glob("*.tar"))
 
 
-def _untrained_generator(codes, directory):
-    cfg = load_recipe("generator_shapes", GENERATOR)
-    encoder = TextEncoder(cfg.condition.text_model, cfg.condition.tokens + 2, "cpu")
+def _untrained_generator(codes, directory, condition="caption"):
+    if condition == "caption":
+        cfg = load_recipe("generator_shapes", GENERATOR)
+        width = text_width(TextEncoder(cfg.condition.text_model, cfg.condition.tokens + 2, "cpu"))
+    else:  # the scenes' 11 classes
+        cfg = load_recipe("generator_shapes", [o for o in GENERATOR if not o.startswith("condition.")] +
+                          ["condition.name=segmentation", "~condition.tokens"])
+        width = 0
     identity = read_code_manifest(codes)["tokenizer"]
-    model = build_generator(cfg, CodeLayout.from_dict(identity["layout"]), text_width(encoder))
+    model = build_generator(cfg, CodeLayout.from_dict(identity["layout"]), width)
     code_set = {"layout": identity["layout"], "digest": identity["digest"], "tokenizer_dir": str(codes / "tokenizer")}
     return write_generator_dir(model, cfg, code_set, directory)
 
@@ -97,10 +104,19 @@ def test_t2i_relations_completion_and_unconditional_are_sampled_judged_and_track
     proc, _ = _vqct(["downstream", "semantic", generator, "--out", "samples/semantic", *common],
                     tmp_path)
     assert proc.returncode == 2 and "conditioned on segmentation" in proc.stderr
+    # semantic: each scene's own class map conditions its sample, and the judge scores it against that map
+    segmenter = str(_untrained_generator(tmp_path / "codes" / "val", tmp_path / "segmenter", "segmentation"))
+    proc, semantic = _vqct(["downstream", "semantic", segmenter, "--out", "samples/semantic", *common], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scores = semantic["scores"]
+    assert semantic["samples"] == 8 and scores["val/scenes"] == 8 and 0 <= scores["val/miou"] <= 1, scores
+    maps = {s["__key__"]: s["seg.png"] for s in raw_samples(urls)}
+    assert {s["__key__"]: s["seg.png"] for s in raw_samples(_shards(tmp_path / "samples" / "semantic"))} == maps
 
     runs = mlflow.MlflowClient(uri).search_runs(
         [e.experiment_id for e in mlflow.MlflowClient(uri).search_experiments()], "tags.`vqct.task` != ''")
-    assert sorted(r.data.tags["vqct.task"] for r in runs) == ["completion", "relations", "t2i", "unconditional"]
+    assert sorted(r.data.tags["vqct.task"] for r in runs) == ["completion", "relations", "semantic", "t2i",
+                                                             "unconditional"]
 
 
 def _coco_tree(root, pictures):

@@ -19,6 +19,7 @@ from PIL import Image
 
 from vqct.config.generator import CaptionConditionConfig, SegmentationConditionConfig
 from vqct.data.code_loader import grid_classes
+from vqct.data.decode import BadSample
 from vqct.errors import UserError
 from vqct.stage2.captions import caption_features
 from vqct.stage2.code_shards import as_columns
@@ -31,8 +32,9 @@ MIN_TILE = 128  # grid tiles are upscaled (nearest) to at least this many pixels
 
 def _condition(gen: TrainedGenerator, n: int, captions: list[str] | None, segmentation: np.ndarray | None,
                null: bool = False):
-    """The condition of N samples: one caption each (or one for all), or one class map for all.
-    NULL: the sampler puts the null condition in its place, so a missing one is a placeholder."""
+    """The condition of N samples: one caption each (or one for all), or one class map each
+    (N, S, S) (or one (S, S) for all). NULL: the sampler puts the null condition in its place, so a
+    missing one is a placeholder."""
     cond = gen.config.condition
     if null and not captions and segmentation is None:
         captions = [""]
@@ -43,16 +45,27 @@ def _condition(gen: TrainedGenerator, n: int, captions: list[str] | None, segmen
         captions = captions * n if len(captions) == 1 else captions
         return caption_features(gen.text_encoder, captions, cond.tokens)
     if isinstance(cond, SegmentationConditionConfig):
-        if segmentation is None:
-            raise UserError("this generator is segmentation-conditioned: give --segmentation MAP.png")
-        if segmentation.ndim != 2 or segmentation.max() >= cond.classes:
-            raise UserError(f"the segmentation must be one class map with classes below {cond.classes} "
-                            "(the scenes' seg.png)")
-        grid = grid_classes(segmentation, gen.model.layout.height, cond.classes)
-        return grid.unsqueeze(0).expand(n, -1, -1)
+        return _segmentation_grids(segmentation, n, gen.model.layout.height, cond.classes)
     if captions or segmentation is not None:
         raise UserError("this generator is unconditional: drop --caption / --segmentation")
     return None
+
+
+def _segmentation_grids(segmentation: np.ndarray | None, n: int, grid: int, classes: int) -> torch.Tensor:
+    """One class map (S, S) for all N samples, or N maps (N, S, S) -> (N, grid, grid)."""
+    if segmentation is None:
+        raise UserError("this generator is segmentation-conditioned: give --segmentation MAP.png")
+    maps = np.asarray(segmentation)
+    if maps.ndim == 2:
+        maps = maps[None]
+    if maps.ndim != 3 or maps.shape[0] not in (1, n) or maps.size == 0 or maps.min() < 0 or maps.max() >= classes:
+        raise UserError(f"the segmentation must be one class map (S, S) or one per sample ({n}, S, S), with "
+                        f"classes 0 to {classes - 1} (the scenes' seg.png); got shape {maps.shape}")
+    try:
+        grids = torch.stack([grid_classes(m, grid, classes) for m in maps])
+    except BadSample as exc:
+        raise UserError(f"the segmentation: {exc}") from None
+    return grids.expand(n, -1, -1)
 
 
 @torch.no_grad()

@@ -49,12 +49,9 @@ def _sample_batch(gen, tokenizer, samples: list[dict], sampling: SamplingConfig,
     cond_name = gen.config.condition.name
     real = torch.stack([torch.from_numpy(np.load(io.BytesIO(s[CODES_EXT])).astype(np.int64)) for s in samples])
     prefix = real[:, : layout.height // 2].reshape(len(samples), -1, layout.columns) if complete else None
-    if cond_name == "segmentation":  # one class map per sample: sample them one by one
-        out = [sample_images(gen, tokenizer, 1, None, np.asarray(Image.open(io.BytesIO(s[SEGMENTATION_EXT]))),
-                             None if prefix is None else prefix[i:i + 1], sampling, seed + i)
-               for i, s in enumerate(samples)]
-        return torch.cat(out), captions
-    images = sample_images(gen, tokenizer, len(samples), captions if cond_name == "caption" else None,
+    maps = (np.stack([np.asarray(Image.open(io.BytesIO(s[SEGMENTATION_EXT]))) for s in samples])
+            if cond_name == "segmentation" else None)  # one class map per sample
+    images = sample_images(gen, tokenizer, len(samples), captions if cond_name == "caption" else None, maps,
                            prefix=prefix, sampling=sampling, seed=seed)
     return images, captions
 
