@@ -4,7 +4,7 @@ key-value cache changes nothing, guidance at scale 1 is the conditional model, a
 import pytest
 import torch
 
-from vqct.stage2.generator import CodeGenerator, CodeLayout
+from vqct.stage2.generator import CodeGenerator, CodeLayout, own_and_null_losses
 from vqct.stage2.sampling import SamplingConfig, sample_codes
 
 VQGAN = CodeLayout((("codes", 16, 1),), 3, 3)
@@ -46,6 +46,13 @@ def test_overfits_and_regenerates_each_sequence_from_its_condition(layout):
     assert loss.item() < 0.05
     out = sample_codes(model, seg, 4, SamplingConfig(temperature=0))
     assert torch.equal(out, codes)
+    # the condition's gain, as a generator run's validation reports it: the map names the sequence
+    own, null = own_and_null_losses(model, codes, seg)
+    assert own.item() == pytest.approx(loss.item(), abs=0.01) and null.item() - own.item() > 0.3
+    own, null = own_and_null_losses(_model(layout), codes, seg)  # untrained: the map barely shows
+    assert abs(null.item() - own.item()) < 0.01
+    own, null = own_and_null_losses(_model(layout, "none"), codes, None)
+    assert torch.equal(own, null)
 
 
 @pytest.mark.parametrize("layout", [VQGAN, VQCT], ids=["one-index", "adj-noun"])

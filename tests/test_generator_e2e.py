@@ -55,6 +55,10 @@ def test_generator_trains_on_code_shards_logs_samples_and_resumes(tmp_path, shap
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     history = client.get_metric_history(first["run_id"], "val/loss")
     assert [m.step for m in history] == [4, 8, 12]
+    # the caption's gain at each validation: 8 steps from init, it barely shows
+    gains = client.get_metric_history(first["run_id"], "val/condition_gain")
+    assert [m.step for m in gains] == [4, 8, 12] and abs(resumed["condition_gain"]) < 0.5
+    assert gains[-1].value == pytest.approx(resumed["condition_gain"])
     grids = [a.path for a in client.list_artifacts(first["run_id"], "samples")]
     assert grids == [f"samples/samples_step{s:07d}.png" for s in (4, 8, 12)]
     assert client.get_run(first["run_id"]).data.tags["condition"] == "caption"

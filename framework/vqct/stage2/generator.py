@@ -296,3 +296,14 @@ class CodeGenerator(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": [p for p in params if id(p) in decay], "weight_decay": weight_decay},
                 {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0}]
+
+
+def own_and_null_losses(model: CodeGenerator, codes: torch.Tensor, cond) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss of CODES given each sample's own condition, and given the null condition; their
+    difference is what the condition tells the generator (about 0 when it ignores it). An
+    unconditional generator's two are the same."""
+    _, own = model(codes, cond)
+    if not model.guided:
+        return own, own
+    _, null = model(codes, cond, torch.ones(len(codes), dtype=torch.bool, device=codes.device))
+    return own, null

@@ -23,7 +23,7 @@ from vqct.records.storage import local_copy
 from vqct.seeds import mask_seed, rank_seed
 from vqct.stage2.build import build_generator
 from vqct.stage2.captions import caption_features, text_width
-from vqct.stage2.generator import CodeLayout
+from vqct.stage2.generator import CodeLayout, own_and_null_losses
 from vqct.stage2.sampling import SamplingConfig, sample_codes
 from vqct.train.engines import build_generator_engine
 from vqct.train.loop import Worker, ray_rank_and_world, read_figures, seed_everything, stdout_to_stderr
@@ -125,20 +125,25 @@ class GeneratorWorker(Worker):
     # ---- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, val_loader) -> dict:
-        """The held-out cross-entropy (mean over ranks) and, on rank 0, a grid of samples."""
+        """The held-out cross-entropy (mean over ranks), for a conditional generator the condition's
+        gain (the cross-entropy with the null condition less that with each sample's own: about 0
+        for a generator that ignores its condition), and, on rank 0, a grid of samples."""
         model, batches, first = self.gen.module, iter(val_loader), None
         model.eval()
-        total = torch.zeros(2, device=self.device)
+        total = torch.zeros(3, device=self.device)
         for _ in range(self.cfg.data.val_batches):
             batch = next(batches)
             first = first or batch
-            _, loss = model(batch.codes.to(self.device), self._condition(batch))
-            total += torch.stack([loss.float(), torch.ones((), device=self.device)])
+            loss, null = own_and_null_losses(model, batch.codes.to(self.device), self._condition(batch))
+            total += torch.stack([loss.float(), null.float(), torch.ones((), device=self.device)])
         model.train()
         if dist.is_initialized():
             dist.all_reduce(total)
         self._sample_grid(first)
-        return {"val/loss": float(total[0] / total[1])}
+        figures = {"val/loss": float(total[0] / total[2])}
+        if model.guided:
+            figures["val/condition_gain"] = float((total[1] - total[0]) / total[2])
+        return figures
 
     def _sample_grid(self, batch) -> None:
         """Samples for the first held-out conditions beside the codes of their own images, both
@@ -184,6 +189,7 @@ class GeneratorWorker(Worker):
     def summary(self, metrics: dict) -> GeneratorSummary:
         seconds = self.state.train_seconds
         return GeneratorSummary(steps=self.state.step, loss=metrics.get("loss/ce"), val_loss=metrics.get("val/loss"),
+                                condition_gain=metrics.get("val/condition_gain"),
                                 tokens_per_s=(self.state.images_seen * self.layout.length / seconds
                                               if seconds else None),
                                 tokenizer=self.spec.code_set["digest"])

@@ -79,6 +79,7 @@ class GeneratorSummary:
     steps: Optional[int] = None
     loss: Optional[float] = None  # training cross-entropy (summed over index columns) at the last step
     val_loss: Optional[float] = None
+    condition_gain: Optional[float] = None  # nats: val loss with the null condition less with its own
     tokens_per_s: Optional[float] = None
     tokenizer: Optional[str] = None  # the code set's tokenizer digest
     checkpoint: Optional[str] = None
