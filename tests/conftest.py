@@ -30,6 +30,15 @@ def vqct_cmd() -> list[str]:
     return [sys.executable, "-m", "vqct"]
 
 
+def fresh_python_last_line(code: str, cwd: Path) -> str:
+    """Run CODE in a new interpreter (nothing of this test process imported); its last printed line."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> Path:
     """A small shapes dataset: 240 train samples in 6 shards (5 x 44 + 20) and 60 val in 2."""

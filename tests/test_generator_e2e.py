@@ -7,13 +7,12 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
 from PIL import Image
 
-from conftest import vqct_cmd
+from conftest import fresh_python_last_line, vqct_cmd
 from vqct.config import load_recipe
 from vqct.tokenizer import build_tokenizer
 from vqct.tokenizer.pretrained import save_pretrained
@@ -71,9 +70,7 @@ def test_generator_trains_on_code_shards_logs_samples_and_resumes(tmp_path, shap
             "out = m.predict(pd.DataFrame({'caption': ['a red circle', 'a blue square']}), "
             "params={'top_k': 16, 'cfg_scale': 2.0})\n"
             "print(out.shape, 'deepspeed' in sys.modules, 'ray' in sys.modules)\n")
-    proc = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == "(2, 3, 32, 32) False False"
+    assert fresh_python_last_line(load, tmp_path) == "(2, 3, 32, 32) False False"
 
     # a grid from the registered version: caption and guidance; then from the run directory,
     # completion of a held-out image

@@ -2,14 +2,12 @@
 map, loaded in a fresh process (real MLflow, sqlite); and the batched class-map sampling that
 `vqct downstream semantic` runs gives each sample its own map."""
 
-import subprocess
-import sys
-
 import mlflow
 import numpy as np
 import pytest
 import torch
 
+from conftest import fresh_python_last_line
 from vqct.config import load_recipe
 from vqct.errors import UserError
 from vqct.stage2.build import build_generator
@@ -80,6 +78,4 @@ def test_a_segmentation_generator_is_logged_and_predicts_from_class_maps(segment
             "flipped = m.predict(maps[::-1].copy(), params={'temperature': 0.0})\n"
             "print(out.shape, bool((out[0] != out[1]).any()), bool((out[0] == flipped[1]).all()),"
             " 'deepspeed' in sys.modules, 'ray' in sys.modules)\n")
-    proc = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == f"(2, 3, {SIZE}, {SIZE}) True True False False"
+    assert fresh_python_last_line(load, tmp_path) == f"(2, 3, {SIZE}, {SIZE}) True True False False"
