@@ -54,8 +54,8 @@ def _register(uri: str, run_id: str, cfg: Config, checkpoint: str) -> str:
 
 
 def register_generator(uri: str, run_id: str, cfg, checkpoint: str | None) -> str | None:
-    """A generator run's model (captions in, images out) as a new version of its recipe's
-    registered model; None with one warning when that fails, as for tokenizers."""
+    """A generator run's model (captions or class maps in, images out) as a new version of its
+    recipe's registered model; None with one warning when that fails, as for tokenizers."""
     return _never_failing(_register_generator, uri, run_id, cfg, checkpoint)
 
 
