@@ -56,12 +56,13 @@ endif
 # make capacity: vqgan_scenes with CAPACITY_CODES codes over SEEDS (the scenes set must need
 # its 1,024 codes: docs/results.md, "Scenes").
 CAPACITY_CODES ?= 1024 64
-# make downstream: each tokenizer of make compare DATA=scenes, one after the other, seed 0 of
-# every recipe first (a stopped run already compares them all) -> code sets of the scenes'
-# train, val, test and test_compositional -> vqct downstream vqa and caption at the same seed
-# and settings -> its two generators and the generation tasks; then
-# the ceiling row: the same models on ground-truth codes (vqct downstream truth) -> one table
-# (docs/downstream.md). Finished runs are kept: rerun to resume. Each step prints a UTC timestamp.
+# make downstream: in two passes over the tokenizers of make compare DATA=scenes, seed 0 of every
+# recipe first (a stopped run already compares them all), the cheap tasks before the dear ones:
+# (1) code sets of the scenes' train, val, test and test_compositional -> vqct downstream vqa and
+# caption at the same seed and settings, then the ceiling row: the same models on ground-truth
+# codes (vqct downstream truth); (2) each tokenizer's two generators and the generation tasks
+# (three quarters of the time) -> one table (docs/downstream.md). Finished runs are kept: rerun
+# to resume. Each step prints a UTC timestamp.
 DOWNSTREAM_RECIPES ?= vqgan_scenes vqct_scenes lgvq_scenes vqct_lgvq_scenes vqct_vlt_scenes
 DOWNSTREAM_TASKS ?= vqa caption
 # the generation tasks: per tokenizer a caption generator (t2i, relations, completion,
@@ -169,6 +170,17 @@ downstream: $(STAMP) $(SCENES_DATA)/manifest.json $(SCENES_PARSER)
 	      --eval $$codes/test_compositional seed=$$s $(DOWNSTREAM_SETTINGS) > $$out.tmp && mv $$out.tmp $$out; } & \
 	    $(slot_taken); \
 	  done; $(slots_drained); \
+	done; done
+	for split in train test test_compositional; do test -s $(DOWNSTREAM_CODES)/truth/$$split/manifest.json || \
+	  $(VENV)/bin/vqct downstream truth $(SCENES_DATA)/$$split --out $(DOWNSTREAM_CODES)/truth/$$split >/dev/null || exit 1; done
+	n=0; for s in $(SEEDS); do for t in $(DOWNSTREAM_TASKS); do \
+	  out=$(DOWNSTREAM_OUT)/truth-seed$$s-$$t.json; codes=$(DOWNSTREAM_CODES)/truth; test -s $$out && continue; \
+	  $(call downstream_step,truth seed $$s: $$t); \
+	  { OMP_NUM_THREADS=1 $(VENV)/bin/vqct downstream $$t $$codes/train --eval $$codes/test \
+	    --eval $$codes/test_compositional seed=$$s features=indices $(DOWNSTREAM_SETTINGS) > $$out.tmp && mv $$out.tmp $$out; } & \
+	  $(slot_taken); \
+	done; done; $(slots_drained)
+	set -o pipefail; for s in $(SEEDS); do for r in $(DOWNSTREAM_RECIPES); do codes=$(DOWNSTREAM_CODES)/$$r-seed$$s; \
 	  for cond in caption segmentation; do gen=$(DOWNSTREAM_OUT)/$$r-seed$$s-generator-$$cond.json; test -s $$gen && continue; \
 	    $(call downstream_step,$$r seed $$s: $$cond generator); \
 	    extra="$$(test $$cond = segmentation && echo condition.name=segmentation '~condition.tokens') \
@@ -187,15 +199,6 @@ downstream: $(STAMP) $(SCENES_DATA)/manifest.json $(SCENES_PARSER)
 	    $(slot_taken); \
 	  done; $(slots_drained); \
 	done; done
-	for split in train test test_compositional; do test -s $(DOWNSTREAM_CODES)/truth/$$split/manifest.json || \
-	  $(VENV)/bin/vqct downstream truth $(SCENES_DATA)/$$split --out $(DOWNSTREAM_CODES)/truth/$$split >/dev/null || exit 1; done
-	n=0; for s in $(SEEDS); do for t in $(DOWNSTREAM_TASKS); do \
-	  out=$(DOWNSTREAM_OUT)/truth-seed$$s-$$t.json; codes=$(DOWNSTREAM_CODES)/truth; test -s $$out && continue; \
-	  $(call downstream_step,truth seed $$s: $$t); \
-	  { OMP_NUM_THREADS=1 $(VENV)/bin/vqct downstream $$t $$codes/train --eval $$codes/test \
-	    --eval $$codes/test_compositional seed=$$s features=indices $(DOWNSTREAM_SETTINGS) > $$out.tmp && mv $$out.tmp $$out; } & \
-	  $(slot_taken); \
-	done; done; $(slots_drained)
 	$(VENV)/bin/vqct downstream table $(foreach r,$(DOWNSTREAM_RECIPES) truth,$(foreach s,$(SEEDS),$(foreach t,$(DOWNSTREAM_TASKS),$(DOWNSTREAM_OUT)/$(r)-seed$(s)-$(t).json))) \
 	  $(foreach r,$(DOWNSTREAM_RECIPES),$(foreach s,$(SEEDS),$(foreach t,$(DOWNSTREAM_GENERATION),$(DOWNSTREAM_OUT)/$(r)-seed$(s)-$(t).json)))
 
