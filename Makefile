@@ -68,7 +68,8 @@ DOWNSTREAM_TASKS ?= vqa caption
 # the generation tasks: per tokenizer a caption generator (t2i, relations, completion,
 # unconditional) and a segmentation one (semantic), generator_scenes at GENERATOR_ARGS, judged by
 # SCENES_PARSER
-# (semantic first: the longest, so that the two-at-a-time steps below end together)
+# (semantic first: the longest, so that the two-at-a-time steps below end together; empty: no
+# generators, the first pass and the ground-truth rows alone)
 DOWNSTREAM_GENERATION ?= semantic t2i relations completion unconditional
 # bf16 (the matrix products; weights and optimizer state fp32): 1.3-1.4x the fp32 step on
 # AVX-512 BF16 cores at the same losses (docs/results.md)
@@ -180,7 +181,8 @@ downstream: $(STAMP) $(SCENES_DATA)/manifest.json $(SCENES_PARSER)
 	    --eval $$codes/test_compositional seed=$$s features=indices $(DOWNSTREAM_SETTINGS) > $$out.tmp && mv $$out.tmp $$out; } & \
 	  $(slot_taken); \
 	done; done; $(slots_drained)
-	set -o pipefail; for s in $(SEEDS); do for r in $(DOWNSTREAM_RECIPES); do codes=$(DOWNSTREAM_CODES)/$$r-seed$$s; \
+	set -o pipefail; test -z "$(strip $(DOWNSTREAM_GENERATION))" || \
+	for s in $(SEEDS); do for r in $(DOWNSTREAM_RECIPES); do codes=$(DOWNSTREAM_CODES)/$$r-seed$$s; \
 	  for cond in caption segmentation; do gen=$(DOWNSTREAM_OUT)/$$r-seed$$s-generator-$$cond.json; test -s $$gen && continue; \
 	    $(call downstream_step,$$r seed $$s: $$cond generator); \
 	    extra="$$(test $$cond = segmentation && echo condition.name=segmentation '~condition.tokens') \
