@@ -6,6 +6,7 @@
 #   make capacity vqgan_scenes with 1,024 and with 64 codes over three seeds
 #   make downstream  VQA and captioning over each scenes tokenizer's frozen codes, then a table
 #   make test   the whole test suite
+#   make gpu-wheels, then make bench-gpu on a GPU machine: the GPU benchmarks in one command
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -79,7 +80,7 @@ DOWNSTREAM_SETTINGS ?= precision=bf16
 DOWNSTREAM_OUT ?= runs/downstream
 DOWNSTREAM_CODES ?= codes/scenes
 
-.PHONY: setup cluster-tools demo demo-stage2 compare capacity downstream test test-fast clean
+.PHONY: setup cluster-tools demo demo-stage2 compare capacity downstream gpu-wheels bench-gpu test test-fast clean
 
 setup: $(STAMP)
 
@@ -203,6 +204,33 @@ downstream: $(STAMP) $(SCENES_DATA)/manifest.json $(SCENES_PARSER)
 	done; done
 	$(VENV)/bin/vqct downstream table $(foreach r,$(DOWNSTREAM_RECIPES) truth,$(foreach s,$(SEEDS),$(foreach t,$(DOWNSTREAM_TASKS),$(DOWNSTREAM_OUT)/$(r)-seed$(s)-$(t).json))) \
 	  $(foreach r,$(DOWNSTREAM_RECIPES),$(foreach s,$(SEEDS),$(foreach t,$(DOWNSTREAM_GENERATION),$(DOWNSTREAM_OUT)/$(r)-seed$(s)-$(t).json)))
+
+# make gpu-wheels (here), then make bench-gpu on a GPU machine with .whl carried there: `vqct bench
+# suite`, every GPU benchmark in one command, its JSON lines in BENCH_GPU_OUT (docs/performance.md,
+# "On a GPU machine"). The GPU image holds torch, triton, transformers and pytest (Python 3.12);
+# GPU_WHEELS is what it lacks, at the versions tested here. DeepSpeed and antlr4 (hydra's parser)
+# come as source only, pure Python: built here into wheels any Python 3 takes.
+GPU_WHEELS ?= hydra-core==1.3.8 omegaconf==2.3.1 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+  typing-inspection==0.4.5 hjson==3.1.0 vector-quantize-pytorch==1.34.1 einx==0.4.3 loguru==0.8.0 frozendict==2.5.1 \
+  torch-einops-utils==0.2.9
+GPU_PYTHON ?= python3
+BENCH_GPU_OUT ?= $(if $(OUT),$(OUT),runs)/bench-gpu.jsonl
+BENCH_GPU_ARGS ?=
+
+gpu-wheels: $(STAMP)
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w .whl $(DEEPSPEED_SPEC) \
+	  antlr4-python3-runtime==4.9.3
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	@du -sh .whl
+
+bench-gpu:
+	test ! -d .whl || $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+	  --target /tmp/vqct-site .whl/*.whl
+	PYTHONPATH=$(CURDIR)/framework:$(CURDIR)/kernels:/tmp/vqct-site $(GPU_PYTHON) -m vqct bench suite \
+	  --out $(BENCH_GPU_OUT) $(BENCH_GPU_ARGS)
 
 # The SLURM tests start a one-node cluster from Debian's slurm-wlm (daemons on 127.0.0.1); the team
 # tracking-server test a PostgreSQL server (Debian's postgresql).

@@ -1,10 +1,14 @@
 """`vqct bench step` runs the real step in both precisions and prints ratios; one process is
-one worker, so it runs ZeRO stage 0 unless trainer.zero_when_alone keeps the recipe's stage."""
+one worker, so it runs ZeRO stage 0 unless trainer.zero_when_alone keeps the recipe's stage.
+The lookup and graph benchmarks print each baseline with its ratio, and `vqct bench suite` runs
+them all, a process and a JSON line each."""
 
+import json
 import os
 import subprocess
 
 import pytest
+import torch
 
 from conftest import REPO, vqct_cmd
 from vqct.records.command_output import last_json
@@ -122,8 +126,9 @@ def test_bench_lookup_prints_each_baseline_and_its_ratio():
     first, second = result["results"]
     assert (first["N"], first["K"], first["D"]) == (300, 700, 8)
     for row in result["results"]:
-        for name in ("cdist", "expanded"):
+        for name in ("cdist", "expanded", "vector_quantize_pytorch"):
             assert row[f"speedup_vs_{name}"] == pytest.approx(row[name]["ms"] / row["ours"]["ms"], abs=5e-4)
+        assert row["vector_quantize_pytorch_same_indices"] is True
         assert row["ours_time_vs_expanded"] == pytest.approx(row["ours"]["ms"] / row["expanded"]["ms"], abs=5e-4)
     # 1 MiB budget: the 64 x 5000 fp32 block (1.2 MiB, twice for its temporaries) is chunked.
     assert second["ours_within_budget"] is True
@@ -204,3 +209,31 @@ def test_bench_generate_times_the_step_against_plain_and_the_cache_against_recom
     assert train["first_loss"]["vqct"] == train["first_loss"]["plain"]  # same weights, same batch, same loss
     assert train["ratio_vs_plain"] > 0 and sample["cache_speedup"] > 0
     assert sample["same_codes"] is True and result["layout"]["height"] == 4
+
+
+def test_bench_suite_keeps_a_line_per_step_and_names_the_steps_to_rerun(tmp_path):
+    out = tmp_path / "suite.jsonl"
+    suite = vqct_cmd() + ["bench", "suite", "--quick", "--out", str(out), "--only", "lookup-fp32,gcn"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run(suite, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert last_json(proc.stdout)["failed"] == []
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    machine, lookup, gcn = lines
+    assert machine["step"] == "machine" and machine["torch"] == torch.__version__ and machine["device"]
+    assert (lookup["step"], lookup["rc"], lookup["result"]["bench"]) == ("lookup-fp32", 0, "lookup")
+    assert (gcn["step"], gcn["rc"], gcn["result"]["bench"]) == ("gcn", 0, "gcn")
+    assert lookup["result"]["results"][0]["vector_quantize_pytorch_same_indices"] is True
+    # a deadline already past: nothing runs, the run's lines are appended to the earlier ones,
+    # and the command fails naming what to rerun
+    proc = subprocess.run(suite + ["--deadline-s", "0.001"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1 and last_json(proc.stdout)["rerun"] == "--only lookup-fp32,gcn"
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["step"] for line in lines] == ["machine", "lookup-fp32", "gcn"] * 2
+    assert all(line["rc"].startswith("skipped") for line in lines[4:])
+
+
+def test_bench_suite_rejects_an_unknown_step():
+    proc = subprocess.run(vqct_cmd() + ["bench", "suite", "--only", "lookup-fp32,nope"], capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 2 and "no step named nope" in proc.stderr and "Traceback" not in proc.stderr

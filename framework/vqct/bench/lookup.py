@@ -3,8 +3,10 @@
 Per shape (N queries, K codes, D dims): ours (the Triton kernel on CUDA, the chunked
 PyTorch path elsewhere) against (a) torch.cdist + argmin, (b) the expanded
 ||z||^2 - 2 z C^T + ||C||^2 + argmin of taming / LlamaGen / VQCT, and on CUDA (c) the chunked
-PyTorch path; time, peak extra memory, and each ratio, all measured in this run. On CUDA
-also the fraction of the device's GEMM rate at the same shape (2NKD flops) that ours reaches.
+PyTorch path, and (d) vector-quantize-pytorch's `VectorQuantize` where it is installed (the VQ
+library most projects import; `pip install -e '.[bench]'`), with whether its indices are ours;
+time, peak extra memory, and each ratio, all measured in this run. On CUDA also the fraction
+of the device's GEMM rate at the same shape (2NKD flops) that ours reaches.
 """
 
 from __future__ import annotations
@@ -32,6 +34,20 @@ def expanded_argmin(z, codes):
     return d.argmin(1)
 
 
+def vq_library(codes):
+    """vector-quantize-pytorch's VectorQuantize holding CODES, in eval mode so that a call is
+    its lookup alone (no EMA update, no dead-code replacement), or None where the library is
+    not installed. It computes in fp32 whatever the input's dtype."""
+    try:
+        from vector_quantize_pytorch import VectorQuantize
+    except ImportError:
+        return None
+    vq = VectorQuantize(dim=codes.shape[1], codebook_size=codes.shape[0]).to(codes.device).eval()
+    with torch.no_grad():
+        vq.codebook = codes.float()
+    return lambda z: vq(z.unsqueeze(0))[1].squeeze(0)
+
+
 def _dense_bytes(n: int, k: int) -> int:
     return n * k * 4 * 2  # the fp32 distance matrix and one temporary of its size
 
@@ -43,11 +59,16 @@ def bench_shape(n: int, k: int, d: int, device, dtype, budget_mb: float, cpu_den
     row = {"N": n, "K": k, "D": d}
     row["ours"] = measure(lambda: lookup.nearest_code(z, codes, budget_mb), device, reps)
     fits = device.type == "cuda" or _dense_bytes(n, k) <= cpu_dense_cap * 2**30
+    skipped = {"error": f"skipped: needs {_dense_bytes(n, k) / 2**30:.1f} GiB (--cpu-dense-cap-gib)"}
     for name, fn in (("cdist", cdist_argmin), ("expanded", expanded_argmin)):
-        if fits:
-            row[name] = measure(lambda fn=fn: fn(z.float(), codes.float()), device, reps)
-        else:
-            row[name] = {"error": f"skipped: needs {_dense_bytes(n, k) / 2**30:.1f} GiB (--cpu-dense-cap-gib)"}
+        row[name] = measure(lambda fn=fn: fn(z.float(), codes.float()), device, reps) if fits else skipped
+    library = vq_library(codes)
+    if library is not None:
+        with torch.no_grad():
+            row["vector_quantize_pytorch"] = measure(lambda: library(z), device, reps) if fits else skipped
+            if "ms" in row["vector_quantize_pytorch"]:
+                row["vector_quantize_pytorch_same_indices"] = bool(
+                    torch.equal(library(z), lookup.nearest_code(z, codes, budget_mb)[0]))
     if device.type == "cuda":
         row["chunked"] = measure(lambda: lookup.chunked_lookup(z, codes, 1, budget_mb), device, reps)
         gemm = measure(lambda: z @ codes.t(), device, reps)
@@ -55,7 +76,7 @@ def bench_shape(n: int, k: int, d: int, device, dtype, budget_mb: float, cpu_den
         if "ms" in gemm and "ms" in row["ours"]:
             row["fraction_of_gemm_rate"] = round(gemm["ms"] / row["ours"]["ms"], 3)
             row["gemm_tflops"] = round(2 * n * k * d / gemm["ms"] / 1e9, 1)
-    for name in ("cdist", "expanded", "chunked"):
+    for name in ("cdist", "expanded", "chunked", "vector_quantize_pytorch"):
         if name in row:
             row[f"speedup_vs_{name}"] = ratio(row[name], row["ours"])
     if device.type != "cuda":

@@ -307,6 +307,18 @@ def _cmd_bench_lookup(args: argparse.Namespace) -> dict:
     return bench_lookup(shapes, args.full, args.dtype, args.memory_mb, args.cpu_dense_cap_gib, args.reps)
 
 
+def _cmd_bench_suite(args: argparse.Namespace) -> dict:
+    from vqct.bench.suite import run_suite
+
+    if args.deadline_s <= 0:
+        raise UserError("--deadline-s must be positive")
+    result = run_suite(args.out, args.quick, args.only, args.deadline_s)
+    if result["failed"]:  # the line still comes first: it names the steps to rerun
+        print(json.dumps(result), flush=True)
+        raise SystemExit(1)
+    return result
+
+
 def _cmd_bench_gcn(args: argparse.Namespace) -> dict:
     from vqct.bench.gcn import bench_gcn
 
@@ -654,6 +666,14 @@ def build_parser() -> argparse.ArgumentParser:
                               help="skip the unchunked baselines on a CPU where they would need more")
     bench_lookup.add_argument("--reps", type=int, default=3)
     bench_lookup.set_defaults(func=_cmd_bench_lookup)
+    bench_suite = bench_sub.add_parser("suite", help="the GPU machine's benchmarks in one command, one JSON line "
+                                       "per step (make bench-gpu; docs/performance.md)")
+    bench_suite.add_argument("--out", default="runs/bench-gpu.jsonl", help="JSON lines, appended")
+    bench_suite.add_argument("--quick", action="store_true", help="the same steps at CPU sizes (checks the suite)")
+    bench_suite.add_argument("--only", help="comma-separated step names, e.g. the failed ones to rerun")
+    bench_suite.add_argument("--deadline-s", type=float, default=450.0,
+                             help="steps not started by then are skipped (a lent machine's time is short)")
+    bench_suite.set_defaults(func=_cmd_bench_suite)
     bench_gcn = bench_sub.add_parser("gcn", help="graph aggregation vs torch.sparse.mm and index_add_")
     bench_gcn.add_argument("--full", action="store_true", help="the 10M-edge graph on a CPU too")
     bench_gcn.add_argument("--graphs", help="'NODES,EDGES;...' random graphs instead of the default two")
