@@ -162,3 +162,23 @@ def test_null_condition_samples_ignore_the_condition_given(condition):
         sample_codes(model, conds[0], 3, SamplingConfig(null_condition=True, cfg_scale=2.0))
     with pytest.raises(ValueError, match="conditional generator"):
         sample_codes(_model(VQGAN, "none"), None, 3, SamplingConfig(null_condition=True))
+
+
+def test_hidden_states_are_the_same_fed_whole_or_in_chunks_through_the_cache():
+    # the three mask forms of the attention (is_causal for a whole sequence, none for one query,
+    # a written-out mask for several queries into a filled cache) must agree, and no position may
+    # see a later one
+    model = _model(VQCT, "caption").eval()
+    tokens = torch.randn(2, model.seq_len, model.n_embd, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        whole = model.hidden(tokens)
+        cache, parts = model.new_cache(2), []
+        for lo, hi in [(0, 3), (3, 4), (4, 7), (7, model.seq_len)]:
+            parts.append(model.hidden(tokens[:, lo:hi], cache))
+        later = tokens.clone()
+        later[:, 5:] += 1.0
+        changed = model.hidden(later)
+    for g, w in enumerate(whole):
+        torch.testing.assert_close(torch.cat([p[g] for p in parts], dim=1), w, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(changed[g][:, :5], w[:, :5], atol=1e-6, rtol=1e-6)
+        assert not torch.allclose(changed[g][:, 5:], w[:, 5:])

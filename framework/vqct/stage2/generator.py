@@ -143,6 +143,20 @@ class KVCache:
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
+def _causal_mask(queries: int, keys: int, start: int, device: torch.device) -> dict:
+    """SDPA's mask arguments for queries at absolute positions start.. over keys 0..start+queries-1:
+    query i sees keys 0..start+i. Training and the prefill (start 0, square) pass is_causal, whose
+    CPU flash kernel skips the masked half instead of reading a written-out mask (the same
+    outputs; attention alone 1.3-1.7x faster at 1,056-1,312 positions, within noise for the
+    whole step at the scenes' 287-511: docs/performance.md, "Stage 2"). A single query sees
+    every key, so it needs no mask; only a multi-token step into a filled cache does."""
+    if start == 0 and queries == keys:
+        return {"is_causal": True}
+    if queries == 1:
+        return {}
+    return {"attn_mask": torch.ones(queries, keys, dtype=torch.bool, device=device).tril(diagonal=start)}
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float, layer: int):
         super().__init__()
@@ -159,9 +173,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             start = cache.length
             k, v = cache.write(self.layer, k, v)
-        # query i (absolute position start+i) sees keys 0..start+i
-        allowed = torch.ones(t, k.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=start)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
+        y = F.scaled_dot_product_attention(q, k, v, **_causal_mask(t, k.shape[2], start, x.device),
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, t, c)))
 
